@@ -1,0 +1,8 @@
+"""minigrad: a small reverse-mode autograd engine on NumPy (CPU) and CuPy (GPU)."""
+from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # first: functional imports it
+from . import backend, functional
+from .backend import gpu_available
+from .functional import argmax, cat, exp, log, matmul, maximum, pad, sqrt, stack, where
+from .random import manual_seed
+
+__version__ = "0.1.0"

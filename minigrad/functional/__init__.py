@@ -1,0 +1,5 @@
+"""minigrad.functional: the ops, named and called like ``torch.nn.functional``."""
+from .activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, mul, neg, pow, sqrt, sub, where
+from .reduction import argmax, max, mean, min, sum
+from .shape import cat, expand, flatten, getitem, pad, permute, reshape, squeeze, stack, transpose, unsqueeze

@@ -1,0 +1,108 @@
+"""Convolution geometry: output sizes, im2col and col2im. Every conv-like op calls these.
+
+Layout: a column array has shape ``(N, C, kh, kw, OH, OW)``. Entry
+``col[n, c, i, j, y, x]`` is the input pixel that kernel tap ``(i, j)`` sees
+when the window sits at output position ``(y, x)``::
+
+    col[n, c, i, j, y, x] = x_pad[n, c, y*sh + i*dh, x*sw + j*dw]
+
+Reshaped to ``(N, C*kh*kw, OH*OW)`` it is what a convolution multiplies its
+weight ``(O, C*kh*kw)`` with, giving ``(N, O, OH*OW)``: NCHW output with no transpose.
+``col2im`` is the adjoint: it adds every column entry back onto the pixel it came
+from, one strided add per kernel tap.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+
+
+def pair(value, name="argument"):
+    """(a, b) from an int or a pair, like PyTorch's ``_pair``."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value
+
+
+def conv_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """Output length of a convolution or pooling along one axis (PyTorch's formula).
+
+    With ``ceil_mode`` the last window may hang over the right edge, but it must
+    start inside the input or the left padding (PyTorch's rule).
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, dilation=1):
+    """Output length of a transposed convolution: the input size of the conv it inverts."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0):
+    """Gather every window of ``x`` (N, C, H, W) into a contiguous (N, C, kh, kw, OH, OW) array.
+
+    ``pad_before`` is the top/left padding; the bottom/right padding is whatever
+    ``out_size`` needs (so ceil mode and asymmetric 'same' padding need no special case).
+    Pixels in the padding read ``pad_value`` (0 for conv, -inf for max-pooling).
+    One padded copy, one strided view, one contiguous copy.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (pt, pl), (dh, dw), (oh, ow) = kernel_size, stride, pad_before, dilation, out_size
+    need_h = (oh - 1) * sh + dh * (kh - 1) + 1
+    need_w = (ow - 1) * sw + dw * (kw - 1) + 1
+    x_pad = _pad_to(x, pt, pl, need_h, need_w, pad_value)
+    sn, sc, sy, sx = x_pad.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        x_pad, shape=(n, c, kh, kw, oh, ow),
+        strides=(sn, sc, sy * dh, sx * dw, sy * sh, sx * sw))
+    return xp.ascontiguousarray(windows)
+
+
+def col2im(col, input_size, stride, pad_before, dilation, out=None):
+    """Adjoint of ``im2col``: sum (N, C, kh, kw, OH, OW) columns back into (N, C, H, W).
+
+    A loop over the kh*kw kernel taps, each one strided add of a whole (N, C, OH, OW)
+    slab; no loop over pixels and no scatter with atomics.
+    """
+    xp = get_array_module(col)
+    n, c, kh, kw, oh, ow = col.shape
+    h, w = input_size
+    (sh, sw), (pt, pl), (dh, dw) = stride, pad_before, dilation
+    need_h = (oh - 1) * sh + dh * (kh - 1) + 1
+    need_w = (ow - 1) * sw + dw * (kw - 1) + 1
+    padded = xp.zeros((n, c, max(pt + h, need_h), max(pl + w, need_w)), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dh, j * dw
+            padded[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw] += col[:, :, i, j]
+    result = padded[:, :, pt:pt + h, pl:pl + w]
+    if out is not None:
+        out += result
+        return out
+    return xp.ascontiguousarray(result)
+
+
+def _pad_to(x, top, left, need_h, need_w, value):
+    """Pad ``x`` by ``top``/``left`` and enough bottom/right to reach ``need_h`` x ``need_w``.
+
+    Windows never read past ``need_*``, so extra input beyond it is cropped rather than copied.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    bottom, right = max(need_h - top - h, 0), max(need_w - left - w, 0)
+    if top == left == bottom == right == 0:
+        return x
+    padded = xp.full((n, c, top + h + bottom, left + w + right), value, dtype=x.dtype)
+    padded[:, :, top:top + h, left:left + w] = x
+    return padded

@@ -1,0 +1,15 @@
+"""Helpers shared by tests: tie-free inputs and optional PyTorch."""
+import numpy as np
+import pytest
+
+
+def distinct_values(rng, shape, dtype=np.float64):
+    """A shuffled linspace: no ties, so max-pooling and relu never sit on a kink."""
+    n = int(np.prod(shape))
+    values = np.linspace(-1.0, 1.0, n) if n > 1 else np.array([0.3])
+    return rng.permutation(values).reshape(shape).astype(dtype)
+
+
+def require_torch():
+    """The torch module, or skip the test with a visible reason."""
+    return pytest.importorskip("torch", reason="PyTorch (the 'test' extra, torch==2.13.0) is not installed")
