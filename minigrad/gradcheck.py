@@ -33,6 +33,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
         with no_grad():
             return sum(float((o.data * w).sum()) for o, w in zip(_as_tuple(fn(*inputs)), weights))
 
+    saved_grads = {i: inputs[i].grad for i in checked}  # restored below: the caller's .grad is untouched
     for i in checked:
         inputs[i].grad = None
     total = None
@@ -43,9 +44,13 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
     if total is not None:
         total.backward()
 
+    analytic_grads = {i: np.zeros(inputs[i].shape) if inputs[i].grad is None else inputs[i].grad.numpy() for i in checked}
+    for i in checked:
+        inputs[i].grad = saved_grads[i]
+
     for i in checked:
         t = inputs[i]
-        analytic = np.zeros(t.shape) if t.grad is None else t.grad.numpy()
+        analytic = analytic_grads[i]
         numeric = np.zeros(t.shape)
         flat = t.data.reshape(-1)  # a view: perturbing it perturbs the input
         for k in range(flat.size):

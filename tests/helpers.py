@@ -4,9 +4,13 @@ import pytest
 
 
 def distinct_values(rng, shape, dtype=np.float64):
-    """A shuffled linspace: no ties, so max-pooling and relu never sit on a kink."""
+    """A shuffled linspace: no ties, so max-pooling and relu never sit on a kink.
+
+    The grid is shifted by a third of a step so that 0 and +-0.5 are never drawn.
+    """
     n = int(np.prod(shape))
-    values = np.linspace(-1.0, 1.0, n) if n > 1 else np.array([0.3])
+    step = 2.0 / max(n - 1, 1)
+    values = np.linspace(-1.0, 1.0, n) + step / 3 if n > 1 else np.array([0.3])
     return rng.permutation(values).reshape(shape).astype(dtype)
 
 
