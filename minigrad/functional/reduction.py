@@ -60,9 +60,9 @@ def _extreme(input, dim, keepdim, pick):
     values = xp.take_along_axis(input.data, indices, axis=axis)
 
     def backward(g):
-        grad = xp.zeros(input.shape, dtype=input.dtype)
-        xp.put_along_axis(grad, indices, g if keepdim else xp.expand_dims(g, axis), axis=axis)
-        return (grad,)
+        # a one-hot mask along the axis (not put_along_axis, which older CuPy lacks)
+        positions = xp.arange(input.shape[axis]).reshape((-1,) + (1,) * (input.ndim - axis - 1))
+        return ((positions == indices) * (g if keepdim else xp.expand_dims(g, axis)),)
     if not keepdim:
         values = values.squeeze(axis)
     out_indices = indices if keepdim else indices.squeeze(axis)

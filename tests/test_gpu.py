@@ -1,0 +1,115 @@
+"""The CuPy backend gives the NumPy backend's results: every op, forward and backward, and a training step.
+
+Skipped, with the reason shown, where CuPy or a GPU is missing.
+"""
+import numpy as np
+import pytest
+
+import minigrad as mg
+import minigrad.functional as F
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not mg.gpu_available(), reason="needs CuPy and an NVIDIA GPU (pip install -e .[gpu])"),
+]
+
+TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
+
+
+def _labels(rng, shape, classes, ignore=None):
+    target = rng.integers(0, classes, size=shape)
+    if ignore is not None:
+        target[rng.random(shape) < 0.2] = ignore
+    return target
+
+
+# name -> (function of tensors, list of (shape or int-array maker), which inputs need grad)
+CASES = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, dilation=1), [(2, 4, 9, 8), (6, 4, 3, 3), (6,)]),
+    "conv2d_groups_dilation": (lambda x, w: F.conv2d(x, w, padding="same", dilation=2, groups=2), [(2, 4, 7, 7), (4, 2, 3, 3)]),
+    "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1), [(2, 4, 5, 6), (4, 3, 4, 4), (3,)]),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True), [(2, 3, 9, 10)]),
+    "max_pool_unpool": (lambda x: F.max_unpool2d(*F.max_pool2d(x, 2, return_indices=True), 2, output_size=(9, 11)), [(2, 3, 9, 11)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, padding=1, ceil_mode=True, count_include_pad=False), [(2, 3, 9, 10)]),
+    "interpolate_bilinear": (lambda x: F.interpolate(x, size=(13, 7), mode="bilinear", align_corners=False), [(2, 3, 5, 4)]),
+    "interpolate_nearest": (lambda x: F.interpolate(x, scale_factor=2.5, mode="nearest"), [(2, 3, 5, 4)]),
+    "softmax_relu": (lambda x: F.softmax(F.relu(x), dim=1), [(2, 5, 3, 3)]),
+}
+
+
+def _run(case, device, dtype, seed=0):
+    fn, shapes = CASES[case]
+    rng = np.random.default_rng(seed)
+    inputs = [mg.Tensor(rng.permutation(np.linspace(-1, 1, int(np.prod(s)))).reshape(s), dtype=dtype,
+                        device=device, requires_grad=True) for s in shapes]
+    out = fn(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    upstream = mg.Tensor(rng.standard_normal(out.shape), dtype=dtype, device=device)
+    out.backward(upstream)
+    return [out.numpy()] + [t.grad.numpy() for t in inputs]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_matches_cpu(case, dtype):
+    for cpu, gpu in zip(_run(case, "cpu", dtype), _run(case, "gpu", dtype)):
+        assert gpu.dtype == cpu.dtype
+        np.testing.assert_allclose(gpu, cpu, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_and_batch_norm_match_cpu(dtype):
+    rng = np.random.default_rng(1)
+    logits_np = rng.standard_normal((2, 5, 4, 3))
+    target_np = _labels(rng, (2, 4, 3), 5, ignore=255)
+    weight_np = rng.random(5) + 0.5
+    results = {}
+    for device in ("cpu", "gpu"):
+        logits = mg.Tensor(logits_np, dtype=dtype, device=device, requires_grad=True)
+        gamma = mg.Tensor(np.ones(5), dtype=dtype, device=device, requires_grad=True)
+        mean = mg.Tensor(np.zeros(5), dtype=dtype, device=device)
+        var = mg.Tensor(np.ones(5), dtype=dtype, device=device)
+        normed = F.batch_norm(logits, mean, var, gamma, None, training=True)
+        loss = F.cross_entropy(normed, mg.Tensor(target_np, device=device),
+                               weight=mg.Tensor(weight_np, dtype=dtype, device=device), ignore_index=255)
+        loss.backward()
+        results[device] = [loss.numpy(), logits.grad.numpy(), gamma.grad.numpy(), mean.numpy(), var.numpy()]
+    for cpu, gpu in zip(results["cpu"], results["gpu"]):
+        np.testing.assert_allclose(gpu, cpu, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("net,options,size", [
+    ("fcn32s", {"pad100": False, "fc_kernel": 1}, 64), ("fcn16s", {"pad100": False, "fc_kernel": 1}, 64),
+    ("fcn8s", {"pad100": False, "fc_kernel": 1}, 64), ("deconvnet", {"fc_kernel": 2}, 64),
+    ("unet", {"padding": "same"}, 32),
+])
+def test_training_step_matches_cpu(net, options, size):
+    """One SGD step of each net in float64: GPU and CPU weights agree to 1e-8 relative."""
+    import segnets
+    from minigrad.optim import SGD
+
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((2, 3, size, size))
+    masks = _labels(rng, (2, size, size), 4)
+    weights = {}
+    for device in ("cpu", "gpu"):
+        mg.manual_seed(0)
+        model = segnets.build_model(net, num_classes=4, width=4, **options)
+        model.to(device)
+        for p in model.parameters():
+            p.data = p.data.astype(np.float64)
+        for name, b in model.named_buffers():
+            if b.dtype.kind == "f":
+                b.data = b.data.astype(np.float64)
+        model.train()
+        for m in model.modules():  # dropout masks differ by device: keep them out
+            if type(m).__name__.startswith("Dropout"):
+                m.eval()
+        optimizer = SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        logits = model(mg.Tensor(images, device=device))
+        target = mg.Tensor(masks[:, :logits.shape[2], :logits.shape[3]], device=device)
+        F.cross_entropy(logits, target).backward()
+        optimizer.step()
+        weights[device] = {k: v.numpy() for k, v in model.named_parameters()}
+    for name, cpu in weights["cpu"].items():
+        np.testing.assert_allclose(weights["gpu"][name], cpu, rtol=1e-8, atol=1e-12, err_msg=name)
