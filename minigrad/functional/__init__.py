@@ -3,3 +3,4 @@ from .activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, mul, neg, pow, sqrt, sub, where
 from .reduction import argmax, max, mean, min, sum
 from .shape import cat, expand, flatten, getitem, pad, permute, reshape, squeeze, stack, transpose, unsqueeze
+from .conv import conv2d, conv_transpose2d

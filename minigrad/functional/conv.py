@@ -1,0 +1,276 @@
+"""2-D convolution and transposed convolution: im2col + one matrix product per group.
+
+The two ops are adjoints of each other, and each is written once on arrays:
+
+* ``_conv_array``: im2col, then weight (g, O/g, C/g*kh*kw) @ columns (N, g, C/g*kh*kw, OH*OW),
+  which is already NCHW output (N, O, OH, OW), no transpose.
+* ``_conv_transpose_array``: weight^T @ input, then col2im (one strided add per kernel tap).
+* ``_conv_weight_grad``: columns of the image side times the gradient of the column side.
+
+conv2d's input gradient *is* ``_conv_transpose_array``, conv_transpose2d's input
+gradient *is* ``_conv_array``, and both weight gradients are ``_conv_weight_grad``,
+so <conv2d(x, W), y> = <x, conv_transpose2d(y, W)> holds by construction.
+
+Memory: the column array is (C*kh*kw) times bigger than the output. When a whole
+batch's columns would exceed the budget (``set_im2col_budget``, default 256 MiB) they
+are built a few batch elements at a time; results are identical.
+"""
+from collections import namedtuple
+
+from ..backend import get_array_module
+from ..tensor import Tensor, _result
+from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
+
+_im2col_budget = 256 * 2 ** 20
+
+
+def set_im2col_budget(nbytes):
+    """Largest column array (bytes) built at once; returns the previous budget."""
+    global _im2col_budget
+    if int(nbytes) < 1:
+        raise ValueError(f"set_im2col_budget: nbytes must be >= 1, got {nbytes}")
+    previous, _im2col_budget = _im2col_budget, int(nbytes)
+    return previous
+
+
+def get_im2col_budget():
+    return _im2col_budget
+
+
+# Geometry of a convolution from its image side (N, C, H, W) to its column side (N, O, OH, OW).
+# conv2d reads it forward; conv_transpose2d reads it backward (its input is the column side).
+_Geometry = namedtuple("_Geometry", "kernel stride pad_before dilation groups image_size column_size")
+
+
+# ---------------------------------------------------------------------------- public ops
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution, as ``torch.nn.functional.conv2d``.
+
+    input (N, C, H, W) or unbatched (C, H, W); weight (O, C/groups, kh, kw); bias (O,).
+    ``padding`` is an int, a pair, 'valid' or 'same' ('same' needs stride 1; an odd
+    total padding puts the extra pixel bottom/right, as PyTorch does).
+    """
+    x, unbatched = _batched(input, "conv2d")
+    _check_operands("conv2d", x, weight, bias)
+    geom = _conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_bias("conv2d", bias, weight.shape[0])
+    out = _conv_array(x.data, weight.data, geom)
+    if bias is not None:
+        out += bias.data.reshape(1, -1, 1, 1)
+
+    def backward(g):
+        return (_conv_transpose_array(g, weight.data, geom) if x.requires_grad else None,
+                _conv_weight_grad(x.data, g, geom) if weight.requires_grad else None,
+                *_bias_grad(g, bias))
+    result = _result(out, _parents(x, weight, bias), backward)
+    return result.squeeze(0) if unbatched else result
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    input (N, C_in, H, W) or unbatched; weight (C_in, C_out/groups, kh, kw); bias (C_out,).
+    The output has size (H-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1.
+    It is the input gradient of ``conv2d`` with the same weight: a product with the
+    transposed weight, then col2im. String padding is not accepted (as in PyTorch).
+    """
+    x, unbatched = _batched(input, "conv_transpose2d")
+    _check_operands("conv_transpose2d", x, weight, bias)
+    geom = _conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    _check_bias("conv_transpose2d", bias, weight.shape[1] * groups)
+    out = _conv_transpose_array(x.data, weight.data, geom)
+    if bias is not None:
+        out += bias.data.reshape(1, -1, 1, 1)
+
+    def backward(g):
+        return (_conv_array(g, weight.data, geom) if x.requires_grad else None,
+                _conv_weight_grad(g, x.data, geom) if weight.requires_grad else None,
+                *_bias_grad(g, bias))
+    result = _result(out, _parents(x, weight, bias), backward)
+    return result.squeeze(0) if unbatched else result
+
+
+def _parents(x, weight, bias):
+    return (x, weight) if bias is None else (x, weight, bias)
+
+
+def _bias_grad(g, bias):
+    if bias is None:
+        return ()
+    return (g.sum(axis=(0, 2, 3)) if bias.requires_grad else None,)
+
+
+# ---------------------------------------------------------------------------- the array kernels
+def _conv_array(x, w, geom):
+    """Image side (N, C, H, W) -> column side (N, O, OH, OW): im2col, then one product per group."""
+    xp = get_array_module(w)
+    n, c = x.shape[:2]
+    o, g = w.shape[0], geom.groups
+    oh, ow = geom.column_size
+    out = xp.empty((n, o, oh, ow), dtype=w.dtype)
+    w_mat = w.reshape(g, o // g, -1)
+    for lo, hi in _batch_chunks(n, c, geom, w.dtype):
+        col = _columns(x[lo:hi], geom)
+        xp.matmul(w_mat, col, out=out[lo:hi].reshape(hi - lo, g, o // g, oh * ow))
+    return out
+
+
+def _conv_transpose_array(y, w, geom):
+    """Column side (N, O, OH, OW) -> image side (N, C, H, W): weight^T @ y, then col2im."""
+    xp = get_array_module(w)
+    n, o = y.shape[:2]
+    g = geom.groups
+    c = w.shape[1] * g
+    kh, kw = geom.kernel
+    oh, ow = geom.column_size
+    out = xp.zeros((n, c) + tuple(geom.image_size), dtype=w.dtype)
+    w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)
+    for lo, hi in _batch_chunks(n, c, geom, w.dtype):
+        col = xp.matmul(w_t, y[lo:hi].reshape(hi - lo, g, o // g, oh * ow))
+        col2im(col.reshape(hi - lo, c, kh, kw, oh, ow), geom.image_size,
+               geom.stride, geom.pad_before, geom.dilation, out=out[lo:hi])
+    return out
+
+
+def _conv_weight_grad(x, gy, geom):
+    """d<conv(x, W), gy>/dW, shape (O, C/g, kh, kw): gy @ columns(x)^T summed over the batch."""
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    o, g = gy.shape[1], geom.groups
+    kh, kw = geom.kernel
+    l = geom.column_size[0] * geom.column_size[1]
+    gw = xp.zeros((g, o // g, (c // g) * kh * kw), dtype=x.dtype)
+    for lo, hi in _batch_chunks(n, c, geom, x.dtype):
+        col = _columns(x[lo:hi], geom)
+        gy_mat = gy[lo:hi].reshape(hi - lo, g, o // g, l)
+        gw += xp.matmul(gy_mat, col.transpose(0, 1, 3, 2)).sum(axis=0)
+    return gw.reshape(o, c // g, kh, kw)
+
+
+def _columns(x, geom):
+    """im2col of ``x`` as (N, g, C/g*kh*kw, OH*OW): the right operand of the per-group product."""
+    n, c = x.shape[:2]
+    col = im2col(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size)
+    return col.reshape(n, geom.groups, -1, geom.column_size[0] * geom.column_size[1])
+
+
+def _batch_chunks(n, image_channels, geom, dtype):
+    """(lo, hi) batch ranges whose column arrays fit in the im2col budget (at least one sample each)."""
+    kh, kw = geom.kernel
+    per_sample = image_channels * kh * kw * geom.column_size[0] * geom.column_size[1] * dtype.itemsize
+    step = max(1, min(n, _im2col_budget // per_sample))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _batched(input, op):
+    """(4-D tensor, was_unbatched): 3-D input gets a batch dim of 1, as in PyTorch."""
+    if not isinstance(input, Tensor):
+        raise ValueError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+    if input.ndim == 3:
+        return input.unsqueeze(0), True
+    if input.ndim != 4:
+        raise ValueError(f"{op}: input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {input.shape}")
+    return input, False
+
+
+def _check_operands(op, x, weight, bias):
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"{op}: weight must be a Tensor, got {type(weight).__name__}")
+    if weight.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D (out, in/groups, kh, kw), got shape {weight.shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{op}: input is on {x.device} but {name} is on {t.device} "
+                             f"(input shape {x.shape}, {name} shape {t.shape})")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{op}: input has dtype {x.dtype} but {name} has dtype {t.dtype} "
+                             f"(input shape {x.shape}, {name} shape {t.shape})")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{op}: input must be floating point, got dtype {x.dtype}")
+
+
+def _check_bias(op, bias, channels):
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"{op}: bias must have shape ({channels},) (one per output channel), got {bias.shape}")
+
+
+def _positive_pair(value, name, op, minimum=1):
+    try:
+        result = pair(value, name)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
+    if min(result) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return result
+
+
+def _check_groups(op, groups, in_channels, out_channels, in_name, out_name):
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    for name, count in ((in_name, in_channels), (out_name, out_channels)):
+        if count % groups:
+            raise ValueError(f"{op}: groups={groups} must divide the {name} ({count})")
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    op = "conv2d"
+    n, c, h, w = x_shape
+    o, c_per_group, kh, kw = w_shape
+    stride = _positive_pair(stride, "stride", op)
+    dilation = _positive_pair(dilation, "dilation", op)
+    _check_groups(op, groups, c, o, "input channels", "output channels of weight")
+    if c_per_group * groups != c:
+        raise ValueError(f"{op}: input has {c} channels but weight {tuple(w_shape)} with groups={groups} "
+                         f"expects {c_per_group * groups} (weight.shape[1] * groups)")
+    pad_before, pad_after = _conv_padding(padding, (kh, kw), stride, dilation)
+    padded = (h + pad_before[0] + pad_after[0], w + pad_before[1] + pad_after[1])
+    out_size = tuple(conv_output_size(size, k, s, 0, d) for size, k, s, d in zip(padded, (kh, kw), stride, dilation))
+    if min(out_size) < 1:
+        raise ValueError(f"{op}: kernel {(kh, kw)} with dilation {dilation} is larger than the padded input: "
+                         f"input {(h, w)}, padding {padding!r}, output would be {out_size}")
+    return _Geometry((kh, kw), stride, pad_before, dilation, groups, (h, w), out_size)
+
+
+def _conv_padding(padding, kernel, stride, dilation):
+    """(top, left), (bottom, right) padding from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding != "same":
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"conv2d: padding='same' needs stride 1, got stride {stride}")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        before = tuple(t // 2 for t in totals)
+        return before, tuple(t - b for t, b in zip(totals, before))
+    pad = _positive_pair(padding, "padding", "conv2d", minimum=0)
+    return pad, pad
+
+
+def _conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups):
+    op = "conv_transpose2d"
+    n, c_in, h, w = x_shape
+    w_in, c_out_per_group, kh, kw = w_shape
+    stride = _positive_pair(stride, "stride", op)
+    dilation = _positive_pair(dilation, "dilation", op)
+    if isinstance(padding, str):
+        raise ValueError(f"{op}: padding must be an int or a pair of ints (no 'same'/'valid'), got {padding!r}")
+    padding = _positive_pair(padding, "padding", op, minimum=0)
+    output_padding = _positive_pair(output_padding, "output_padding", op, minimum=0)
+    _check_groups(op, groups, c_in, w_in, "input channels", "weight.shape[0]")
+    if w_in != c_in:
+        raise ValueError(f"{op}: input has {c_in} channels but weight {tuple(w_shape)} expects {w_in} "
+                         f"(weight.shape[0] is the input channels)")
+    for op_, s, d in zip(output_padding, stride, dilation):
+        if op_ >= s and op_ >= d:
+            raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride {stride} "
+                             f"or dilation {dilation}")
+    out_size = tuple(conv_transpose_output_size(size, k, s, p, op_, d)
+                     for size, k, s, p, op_, d in zip((h, w), (kh, kw), stride, padding, output_padding, dilation))
+    if min(out_size) < 1:
+        raise ValueError(f"{op}: output size {out_size} is not positive: input {(h, w)}, kernel {(kh, kw)}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation}")
+    return _Geometry((kh, kw), stride, padding, dilation, groups, out_size, (h, w))
