@@ -1,0 +1,270 @@
+"""Losses for classification and segmentation: cross_entropy, nll_loss, dice_loss.
+
+``cross_entropy`` and ``nll_loss`` are single fused ops: the forward gathers the
+target log-probabilities, the backward writes the closed-form gradient in one
+pass, with no graph of small ops in between. Both share ``_pick_targets`` (the
+checks and the gather of ``weight[target]``) and ``_reduce`` (PyTorch's
+normaliser: ``mean`` divides by the summed weight of the non-ignored targets).
+
+Layout is PyTorch's: input ``(N, C)`` or ``(N, C, d1, d2, ...)`` (class axis 1,
+so ``(N, C, H, W)`` logits for segmentation), target ``(N,)`` or ``(N, d1, d2, ...)``
+of integer class indices; an unbatched ``(C,)`` input takes a 0-d target.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+from ..tensor import Tensor, _result, is_grad_enabled
+from .activation import softmax
+from .shape import reshape
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------- shared checks, gather and reduction
+def _check_reduction(name, reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_input(name, input):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+    if input.dtype.kind != "f":
+        raise ValueError(f"{name}: input must be floating point, got dtype {input.dtype} (shape {input.shape})")
+    if input.ndim < 2:
+        raise ValueError(f"{name}: input must have shape (N, C) or (N, C, d1, ...), got shape {input.shape}")
+
+
+def _target_array(name, input, target):
+    """The target as an int64 array on the input's device, after dtype and shape checks."""
+    array = target.data if isinstance(target, Tensor) else input.xp.asarray(target)
+    if isinstance(target, Tensor) and target.device != input.device:
+        raise ValueError(f"{name}: input is on {input.device} but target is on {target.device}")
+    expected = (input.shape[0],) + input.shape[2:]
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{name}: target must hold integer class indices (int64), got dtype {array.dtype} "
+                         f"with target shape {tuple(array.shape)} for input shape {input.shape} "
+                         f"(class-probability targets are not supported)")
+    if tuple(array.shape) != expected:
+        raise ValueError(f"{name}: target shape {tuple(array.shape)} does not match input shape {input.shape}: "
+                         f"expected target shape {expected}")
+    return array.astype(np.int64, copy=False)
+
+
+def _class_weight(name, input, weight):
+    """``weight`` as a (C,) array of the input's dtype, or None. It is a constant: no gradient reaches it."""
+    if weight is None:
+        return None
+    classes = input.shape[1]
+    if isinstance(weight, Tensor):
+        if weight.requires_grad and is_grad_enabled():
+            raise NotImplementedError(f"{name}: no gradient is implemented for weight (nor is one in PyTorch); "
+                                      f"pass weight.detach()")
+        array = weight.data
+    else:
+        array = input.xp.asarray(weight)
+    if tuple(array.shape) != (classes,):
+        raise ValueError(f"{name}: weight must have shape (C,) = ({classes},) for input shape {input.shape}, "
+                         f"got weight shape {tuple(array.shape)}")
+    return array.astype(input.dtype, copy=False)
+
+
+def _pick_targets(name, input, target, class_weight, ignore_index):
+    """(index, valid, target_weight), each shaped like the target.
+
+    ``index`` is the target with ignored entries set to class 0 (so it can be
+    gathered with), ``valid`` marks the entries not equal to ``ignore_index``
+    (all of them when it is None), ``target_weight`` is ``weight[target]``
+    (1 without weights) and 0 where ignored.
+    """
+    xp = input.xp
+    classes = input.shape[1]
+    valid = xp.ones(target.shape, dtype=bool) if ignore_index is None else target != ignore_index
+    out_of_range = valid & ((target < 0) | (target >= classes))
+    if out_of_range.any():
+        value = int(target[out_of_range].reshape(-1)[0])
+        allowed = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+        raise IndexError(f"{name}: target value {value} is out of range for {classes} classes "
+                         f"(input shape {input.shape}, target shape {tuple(target.shape)}); "
+                         f"targets must lie in [0, {classes}){allowed}")
+    index = xp.where(valid, target, 0)
+    if class_weight is None:
+        target_weight = valid.astype(input.dtype)
+    else:
+        target_weight = class_weight[index] * valid
+    return index, valid, target_weight
+
+
+def _one_hot(index, classes, dtype):
+    """(N, C, d...) one-hot of an (N, d...) index array, by broadcasting compare."""
+    xp = get_array_module(index)
+    class_ids = xp.arange(classes).reshape((1, classes) + (1,) * (index.ndim - 1))
+    return (index[:, None] == class_ids).astype(dtype)
+
+
+def _reduce(loss, target_weight, reduction):
+    """(output array, normaliser): PyTorch's reductions of a per-element loss.
+
+    ``mean`` divides by the summed target weight (the count of non-ignored
+    targets without weights); all ignored gives 0/0 = NaN, as in PyTorch.
+    """
+    xp = get_array_module(loss)
+    if reduction == "none":
+        return loss, None
+    total = loss.sum()
+    if reduction == "sum":
+        return xp.asarray(total), None
+    normaliser = target_weight.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.asarray(total / normaliser), normaliser
+
+
+def _upstream_per_element(g, normaliser, valid):
+    """The incoming gradient as one factor per target element, 0 where ignored.
+
+    Masking (rather than relying on a zero weight) keeps an all-ignored ``mean``
+    (normaliser 0, g/0 = NaN) at a zero gradient, as in PyTorch.
+    """
+    xp = get_array_module(valid)
+    if normaliser is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = g / normaliser
+    return xp.where(valid, g, 0).astype(g.dtype, copy=False)
+
+
+def _unbatched(name, input, target):
+    """(C,) input with a 0-d target -> (1, C) and (1,); says whether to squeeze the result back."""
+    if isinstance(input, Tensor) and input.ndim == 1:
+        target = target if isinstance(target, Tensor) else Tensor._wrap(input.xp.asarray(target))
+        if target.ndim != 0:
+            raise ValueError(f"{name}: an unbatched input of shape {input.shape} needs a 0-d target, "
+                             f"got target shape {target.shape}")
+        return reshape(input, (1, input.shape[0])), Tensor._wrap(target.data.reshape(1)), True
+    return input, target, False
+
+
+def _squeezed(out, reduction, squeeze):
+    return reshape(out, ()) if squeeze and reduction == "none" else out
+
+
+# ---------------------------------------------------------------- cross_entropy and nll_loss
+def _log_softmax_classes(x):
+    """Stable log-softmax over axis 1: x - max - log(sum(exp(x - max)))."""
+    xp = get_array_module(x)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """PyTorch's ``F.cross_entropy`` for integer class targets, fused: log-softmax, gather and reduction.
+
+    Per target element with class ``t``, weight ``w`` (ones without weights) and
+    ``eps = label_smoothing`` (PyTorch's formula, weights in the smoothing term too)::
+
+        loss = (1 - eps) * w[t] * -logp[t] + eps / C * sum_c w[c] * -logp[c]
+
+    ignored elements contribute 0; ``mean`` divides the sum by ``sum(w[t])``
+    over non-ignored elements (NaN with a zero gradient if all are ignored).
+    The gradient w.r.t. the logits is, per element, ``S * softmax - coef`` with
+    ``coef[c] = (1 - eps) * w[t] * onehot[c] + eps / C * w[c]`` and ``S = sum_c coef[c]``
+    (without weights: ``softmax - onehot_smoothed``), times the upstream
+    gradient over the normaliser.
+
+    Differences from PyTorch: class-probability (float) targets are not
+    supported (ValueError); any integer target dtype is accepted; ``weight``
+    must not require grad (no gradient is implemented for it, as in PyTorch).
+    """
+    name = "cross_entropy"
+    _check_reduction(name, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    input, target, squeeze = _unbatched(name, input, target)
+    _check_input(name, input)
+    target = _target_array(name, input, target)
+    class_weight = _class_weight(name, input, weight)
+    index, valid, target_weight = _pick_targets(name, input, target, class_weight, ignore_index)
+
+    classes, smoothing = input.shape[1], label_smoothing
+    # per-class weight broadcast against (N, C, d...): the smoothing term's weights
+    per_class = 1.0 if class_weight is None else class_weight.reshape((1, classes) + (1,) * (input.ndim - 2))
+    logp = _log_softmax_classes(input.data)
+    loss = -target_weight * input.xp.take_along_axis(logp, index[:, None], axis=1)[:, 0]
+    if smoothing > 0:
+        smooth = -(logp * per_class).sum(axis=1) * valid
+        loss = (1 - smoothing) * loss + (smoothing / classes) * smooth
+    out, normaliser = _reduce(loss, target_weight, reduction)
+
+    def backward(g):
+        factor = _upstream_per_element(g, normaliser, valid)[:, None]
+        coef = (1 - smoothing) * target_weight[:, None] * _one_hot(index, classes, input.dtype)
+        total_weight = (1 - smoothing) * target_weight
+        if smoothing > 0:
+            coef = coef + (smoothing / classes) * per_class
+            total_weight = total_weight + smoothing * (1.0 if class_weight is None else class_weight.mean())
+        return (factor * (total_weight[:, None] * input.xp.exp(logp) - coef),)
+    return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """PyTorch's ``F.nll_loss``: ``-weight[t] * input[t]`` per element, on log-probabilities.
+
+    Same target rules, weights and normaliser as ``cross_entropy`` (which is
+    ``nll_loss(log_softmax(x, 1), t)``); the gradient is ``-w[t] * onehot`` times the
+    upstream gradient over the normaliser.
+    """
+    name = "nll_loss"
+    _check_reduction(name, reduction)
+    input, target, squeeze = _unbatched(name, input, target)
+    _check_input(name, input)
+    target = _target_array(name, input, target)
+    class_weight = _class_weight(name, input, weight)
+    index, valid, target_weight = _pick_targets(name, input, target, class_weight, ignore_index)
+
+    loss = -target_weight * input.xp.take_along_axis(input.data, index[:, None], axis=1)[:, 0]
+    out, normaliser = _reduce(loss, target_weight, reduction)
+
+    def backward(g):
+        factor = _upstream_per_element(g, normaliser, valid) * target_weight
+        return (-factor[:, None] * _one_hot(index, input.shape[1], input.dtype),)
+    return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+# ---------------------------------------------------------------- dice
+def dice_loss(input, target, num_classes=None, smooth=1.0, ignore_index=None, reduction="mean"):
+    """Soft multi-class Dice loss of ``softmax(input, dim=1)`` against one-hot targets (not in PyTorch).
+
+    With ``p = softmax(input, 1)`` and ``t = one_hot(target)``, both (N, C, d...),
+    and each sum over the batch and every spatial position whose target is not
+    ``ignore_index``, the loss of class ``c`` is::
+
+        loss[c] = 1 - (2 * sum(p[:, c] * t[:, c]) + smooth) / (sum(p[:, c]) + sum(t[:, c]) + smooth)
+
+    ``reduction='none'`` returns the (C,) per-class losses, ``'mean'`` their mean
+    over classes, ``'sum'`` their sum. ``smooth`` keeps a class absent from both
+    target and prediction near loss 0 and the ratio finite. ``num_classes``, when
+    given, must equal ``input.shape[1]`` (a check only). The backward goes
+    through the graph of softmax, products and sums.
+
+    Example: logits [[0, 0]] (p = [.5, .5]), target [0], smooth 0: class 0 scores
+    1 - 2*.5/(.5 + 1) = 1/3, class 1 scores 1 - 0/(.5 + 0) = 1, so the mean is 2/3.
+    """
+    name = "dice_loss"
+    _check_reduction(name, reduction)
+    _check_input(name, input)
+    classes = input.shape[1]
+    if num_classes is not None and num_classes != classes:
+        raise ValueError(f"{name}: num_classes={num_classes} does not match input shape {input.shape} "
+                         f"(C={classes} at dim 1)")
+    target = _target_array(name, input, target)
+    index, valid, _ = _pick_targets(name, input, target, None, ignore_index)
+
+    mask = valid[:, None].astype(input.dtype)
+    one_hot = _one_hot(index, classes, input.dtype) * mask
+    axes = (0,) + tuple(range(2, input.ndim))
+    probs = softmax(input, dim=1) * Tensor._wrap(mask)
+    intersection = (probs * Tensor._wrap(one_hot)).sum(dim=axes)
+    cardinality = probs.sum(dim=axes) + Tensor._wrap(one_hot.sum(axis=axes))
+    per_class = 1 - (2 * intersection + smooth) / (cardinality + smooth)
+    if reduction == "none":
+        return per_class
+    return per_class.mean() if reduction == "mean" else per_class.sum()
