@@ -4,5 +4,8 @@ from . import backend, functional
 from .backend import gpu_available
 from .functional import argmax, cat, exp, log, matmul, maximum, pad, sqrt, stack, where
 from .random import manual_seed
+from . import nn, optim
+from .nn import Parameter
+from .serialization import load, save
 
 __version__ = "0.1.0"
