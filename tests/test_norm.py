@@ -140,3 +140,6 @@ def test_one_value_per_channel_in_training_and_missing_stats_in_eval():
     F.batch_norm(mg.Tensor(np.zeros((1, 3, 2, 1))), None, None, training=True)
     with pytest.raises(ValueError, match="running_mean and running_var must be given when training=False"):
         F.batch_norm(mg.Tensor(np.zeros((2, 3))), None, None, training=False)
+    with pytest.raises(ValueError, match="momentum must be a float"):
+        F.batch_norm(mg.Tensor(np.zeros((2, 3))), mg.Tensor(np.zeros(3)), mg.Tensor(np.ones(3)), training=True,
+                     momentum=None)

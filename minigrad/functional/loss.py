@@ -60,6 +60,8 @@ def _class_weight(name, input, weight):
         if weight.requires_grad and is_grad_enabled():
             raise NotImplementedError(f"{name}: no gradient is implemented for weight (nor is one in PyTorch); "
                                       f"pass weight.detach()")
+        if weight.device != input.device:
+            raise ValueError(f"{name}: input is on {input.device} but weight is on {weight.device}")
         array = weight.data
     else:
         array = input.xp.asarray(weight)

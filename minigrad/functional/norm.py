@@ -13,11 +13,16 @@ def _check_batch_norm_shapes(input, running_mean, running_var, weight, bias):
         if value is not None and tuple(value.shape) != (channels,):
             raise ValueError(f"batch_norm: {name} must have shape ({channels},) for input shape {input.shape} "
                              f"(C={channels} at dim 1), got {name} shape {tuple(value.shape)}")
+        if value is not None and value.device != input.device:
+            raise ValueError(f"batch_norm: input is on {input.device} but {name} is on {value.device}")
     return channels
 
 
 def _update_running_stats(running_mean, running_var, mean, biased_var, count, momentum):
     """In place: running = (1 - momentum) * running + momentum * batch, with the unbiased variance."""
+    if momentum is None and (running_mean is not None or running_var is not None):
+        raise ValueError("batch_norm: momentum must be a float; the cumulative average (momentum=None) "
+                         "is the BatchNorm module's job, which passes momentum=1/num_batches_tracked")
     if running_mean is not None:
         running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
     if running_var is not None:
