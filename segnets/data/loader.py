@@ -1,0 +1,169 @@
+"""DataLoader: batches of (images float32 (N, C, H, W), masks int64 (N, H, W)), resumable.
+
+Randomness: one NumPy Generator seeded with ``seed``. At the start of each epoch it
+draws the epoch's order (when ``shuffle``) and one augmentation seed; item ``k`` of
+the epoch is transformed with a generator seeded by ``(augmentation seed, k)``. So a
+batch's content depends only on (generator state at the epoch's start, batch index),
+never on how far a prefetch thread has run ahead, and ``state_dict()`` is just that
+state, the epoch number and the number of batches handed out.
+
+Resume: ``load_state_dict(state)`` makes the next ``iter()`` continue that epoch at
+the next batch not yet handed out, then carry on with later epochs exactly as the
+uninterrupted run would have. A batch counts as handed out once the loop received
+it. The same holds within one process: each ``iter()`` yields from the current
+position to the end of the current epoch, so after a ``break`` the next ``iter()``
+finishes the epoch that was left (the state is a position, nothing else).
+
+Batching differently sized images: use ``EvalTransform(size=...)`` or
+``EvalTransform(multiple=...)`` (pads with ignore) or ``batch_size=1`` for validation;
+otherwise stacking raises an error naming the sizes.
+"""
+import queue
+import threading
+import weakref
+
+import numpy as np
+
+from minigrad.backend import normalize_device, to_device
+
+
+def default_transform(image, mask, rng=None):
+    """No augmentation: uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]; the mask as int64."""
+    return (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0),
+            np.asarray(mask, dtype=np.int64))
+
+
+class DataLoader:
+    def __init__(self, dataset, batch_size, shuffle=False, transform=None, seed=0, drop_last=False,
+                 prefetch=0, device="cpu"):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        if len(dataset) == 0:
+            raise ValueError(f"DataLoader: the dataset {dataset!r} is empty")
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.transform = transform or default_transform
+        self.prefetch, self.device = int(prefetch), normalize_device(device)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.epoch = 0                     # the epoch in progress, or the next one
+        self._batch = 0                    # batches of that epoch handed out
+        self._epoch_state = self._rng.bit_generator.state
+        self._active = None                # the live iterator, closed when a new one starts
+        if len(self) == 0:
+            raise ValueError(f"DataLoader: {len(dataset)} items with batch_size={batch_size} and "
+                             "drop_last=True give no batch")
+
+    def __len__(self):
+        items = len(self.dataset)
+        return items // self.batch_size if self.drop_last else -(-items // self.batch_size)
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self):
+        """JSON-able: generator state at the current epoch's start, epoch, batches handed out."""
+        return {"rng_state": self._epoch_state, "epoch": self.epoch, "batch": self._batch,
+                "num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state):
+        for key, mine in (("num_items", len(self.dataset)), ("batch_size", self.batch_size), ("shuffle", self.shuffle)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"DataLoader.load_state_dict: the state has {key}={state[key]!r} but this "
+                                 f"loader has {key}={mine!r}; resuming would not repeat the same batches")
+        self._close_active()
+        self._epoch_state = state["rng_state"]
+        self.epoch, self._batch = int(state["epoch"]), int(state["batch"])
+
+    # ---------------------------------------------------------------- iteration
+    def __iter__(self):
+        self._close_active()
+        if self._batch >= len(self):  # a saved state whose epoch had been fully handed out
+            self._finish_epoch()
+        iterator = self._iterate()
+        self._active = weakref.ref(iterator)  # weak: a `break` closes it (and its prefetch thread) at once
+        return iterator
+
+    def _iterate(self):
+        order, augment_seed = self._plan_epoch()
+        start = self._batch
+        batches = self._prefetched(order, augment_seed, start) if self.prefetch > 0 else (
+            self._load_batch(order, augment_seed, b) for b in range(start, len(self)))
+        try:
+            for batch in batches:
+                self._batch += 1
+                yield batch
+        finally:
+            batches.close()
+        self._finish_epoch()
+
+    def _plan_epoch(self):
+        """Restore the epoch's starting state and draw its order and augmentation seed."""
+        self._rng.bit_generator.state = self._epoch_state
+        items = len(self.dataset)
+        order = self._rng.permutation(items) if self.shuffle else np.arange(items)
+        augment_seed = int(self._rng.integers(0, 2**63 - 1))
+        return order, augment_seed
+
+    def _finish_epoch(self):
+        """Move to the next epoch, which starts from the generator state after this epoch's draws."""
+        self._plan_epoch()
+        self.epoch += 1
+        self._batch = 0
+        self._epoch_state = self._rng.bit_generator.state
+
+    def _close_active(self):
+        """Two live iterators would both advance the position: close the older one."""
+        iterator = self._active() if self._active is not None else None
+        if iterator is not None:
+            iterator.close()
+        self._active = None
+
+    def _load_batch(self, order, augment_seed, batch_index):
+        positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(order)))
+        images, masks = [], []
+        for position in positions:
+            image, mask = self.dataset[int(order[position])]
+            image, mask = self.transform(image, mask, np.random.default_rng([augment_seed, position]))
+            images.append(image)
+            masks.append(mask)
+        batch = _stack(images, "images"), _stack(masks, "masks")
+        return batch if self.device == "cpu" else tuple(to_device(a, self.device) for a in batch)
+
+    def _prefetched(self, order, augment_seed, start):
+        """Load batches start.. in a background thread, at most ``prefetch`` ahead."""
+        slots = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            for b in range(start, len(self)):
+                try:
+                    item = ("batch", self._load_batch(order, augment_seed, b))
+                except BaseException as e:  # handed to the consumer, raised there
+                    item = ("error", e)
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set() or item[0] == "error":
+                    return
+
+        worker = threading.Thread(target=produce, name="DataLoader-prefetch", daemon=True)
+        worker.start()
+        try:
+            for _ in range(start, len(self)):
+                kind, value = slots.get()
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            worker.join()
+
+
+def _stack(arrays, what):
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"DataLoader: cannot batch {what} of different sizes {sorted(shapes)}; pad them to one "
+                         "size with EvalTransform(size=...) or EvalTransform(multiple=...), or use batch_size=1")
+    return np.stack(arrays)
