@@ -183,7 +183,7 @@ def _check_operands(op, x, weight, bias):
         if t is None:
             continue
         if t.device != x.device:
-            raise ValueError(f"{op}: input is on {x.device} but {name} is on {t.device} "
+            raise ValueError(f"{op}: input is on device {x.device} but {name} is on device {t.device} "
                              f"(input shape {x.shape}, {name} shape {t.shape})")
         if t.dtype != x.dtype:
             raise ValueError(f"{op}: input has dtype {x.dtype} but {name} has dtype {t.dtype} "

@@ -1,0 +1,143 @@
+"""Convolution geometry: output sizes, im2col and its adjoint col2im."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minigrad.functional.im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
+from tests.helpers import require_torch
+
+
+# ---------------------------------------------------------------------------- sizes
+@pytest.mark.parametrize("args, expected", [
+    ((5, 3, 1, 0), 3),
+    ((5, 3, 2, 1), 3),
+    ((7, 3, 2, 0, 2), 2),       # dilated kernel spans 5: windows start at 0 and 2
+    ((6, 3, 2, 0), 2),          # floor drops the partial window
+    ((2, 5, 1, 0), 0),          # kernel larger than the input
+])
+def test_conv_output_size_by_hand(args, expected):
+    assert conv_output_size(*args) == expected
+
+
+def test_conv_output_size_ceil_mode_by_hand():
+    assert conv_output_size(6, 3, 2, 0, ceil_mode=True) == 3     # last window hangs over the edge
+    assert conv_output_size(5, 2, 2, 0, ceil_mode=True) == 3
+    # the last window would start in the right padding only: PyTorch drops it
+    assert conv_output_size(2, 2, 3, 1, ceil_mode=True) == 1
+
+
+def test_conv_transpose_output_size_by_hand():
+    assert conv_transpose_output_size(3, 3, 2, 1, 1, 1) == 6   # (3-1)*2 - 2 + 2 + 1 + 1
+    assert conv_transpose_output_size(2, 3, 2, 0) == 5
+    assert conv_transpose_output_size(4, 2, 1, 0, 0, 3) == 7   # 3 steps + a dilated kernel spanning 4
+
+
+def test_pair():
+    assert pair(3) == (3, 3)
+    assert pair((1, 2)) == (1, 2)
+    with pytest.raises(ValueError, match="stride"):
+        pair((1, 2, 3), "stride")
+
+
+@pytest.mark.torch
+def test_output_sizes_match_torch_pooling_and_conv():
+    torch = require_torch()
+    for size in range(1, 9):
+        for kernel in range(1, 4):
+            for stride in range(1, 4):
+                for padding in range(0, kernel // 2 + 1):
+                    for ceil_mode in (False, True):
+                        expected = torch.nn.functional.max_pool2d(
+                            torch.zeros(1, 1, size, 1), (kernel, 1), (stride, 1), (padding, 0),
+                            ceil_mode=ceil_mode).shape[2] if size + 2 * padding >= kernel else 0
+                        assert conv_output_size(size, kernel, stride, padding, 1, ceil_mode) == expected, \
+                            (size, kernel, stride, padding, ceil_mode)
+
+
+# ---------------------------------------------------------------------------- im2col / col2im by hand
+def test_im2col_by_hand():
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    col = im2col(x, (2, 2), (1, 1), (0, 0), (1, 1), (2, 2))
+    assert col.shape == (1, 1, 2, 2, 2, 2) and col.flags.c_contiguous
+    # tap (i, j) at output (y, x) reads x[y + i, x + j]
+    np.testing.assert_array_equal(col[0, 0, 0, 0], [[1, 2], [4, 5]])
+    np.testing.assert_array_equal(col[0, 0, 1, 1], [[5, 6], [8, 9]])
+    np.testing.assert_array_equal(col[0, 0, 0, 1], [[2, 3], [5, 6]])
+
+
+def test_im2col_padding_stride_and_pad_value_by_hand():
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    col = im2col(x, (3, 3), (2, 2), (1, 1), (1, 1), (2, 2), pad_value=-np.inf)
+    np.testing.assert_array_equal(col[0, 0, 0, 0], [[-np.inf, -np.inf], [-np.inf, 5]])
+    np.testing.assert_array_equal(col[0, 0, 1, 1], [[1, 3], [7, 9]])   # centre tap: x[2y, 2x]
+    np.testing.assert_array_equal(col[0, 0, 2, 2], [[5, -np.inf], [-np.inf, -np.inf]])
+
+
+def test_im2col_dilation_by_hand():
+    x = np.arange(1.0, 6.0).reshape(1, 1, 1, 5)
+    col = im2col(x, (1, 2), (1, 1), (0, 0), (1, 2), (1, 3))
+    np.testing.assert_array_equal(col[0, 0, 0, 0, 0], [1, 2, 3])
+    np.testing.assert_array_equal(col[0, 0, 0, 1, 0], [3, 4, 5])
+
+
+def test_col2im_counts_overlaps_by_hand():
+    col = np.ones((1, 1, 3, 3, 3, 3))
+    counts = col2im(col, (3, 3), (1, 1), (1, 1), (1, 1))
+    np.testing.assert_array_equal(counts[0, 0], [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+
+
+def test_col2im_out_adds_in_place():
+    col = np.ones((1, 1, 2, 2, 2, 2))
+    out = np.full((1, 1, 3, 3), 10.0)
+    result = col2im(col, (3, 3), (1, 1), (0, 0), (1, 1), out=out)
+    assert result is out
+    np.testing.assert_array_equal(out[0, 0], [[11, 12, 11], [12, 14, 12], [11, 12, 11]])
+
+
+def test_float32_stays_float32():
+    x = np.ones((1, 2, 4, 4), np.float32)
+    col = im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), (4, 4))
+    assert col.dtype == np.float32
+    assert col2im(col, (4, 4), (1, 1), (1, 1), (1, 1)).dtype == np.float32
+
+
+# ---------------------------------------------------------------------------- adjointness and torch
+@st.composite
+def geometries(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 7))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 7))
+    out = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
+    return dict(kernel_size=(kh, kw), stride=(sh, sw), pad_before=(ph, pw), dilation=(dh, dw),
+                out_size=out, input_size=(h, w))
+
+
+@given(geometries(), st.integers(0, 2 ** 31))
+def test_col2im_is_the_adjoint_of_im2col(geom, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 2) + geom["input_size"])
+    col = im2col(x, geom["kernel_size"], geom["stride"], geom["pad_before"], geom["dilation"], geom["out_size"])
+    c = rng.standard_normal(col.shape)
+    back = col2im(c, geom["input_size"], geom["stride"], geom["pad_before"], geom["dilation"])
+    assert back.shape == x.shape
+    np.testing.assert_allclose((col * c).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.torch
+@given(geometries(), st.integers(0, 2 ** 31))
+def test_im2col_and_col2im_match_torch_unfold_and_fold(geom, seed):
+    torch = require_torch()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3) + geom["input_size"])
+    kernel, stride, pad, dil = geom["kernel_size"], geom["stride"], geom["pad_before"], geom["dilation"]
+    col = im2col(x, kernel, stride, pad, dil, geom["out_size"])
+    unfold = torch.nn.functional.unfold(torch.tensor(x), kernel, dil, pad, stride).numpy()
+    np.testing.assert_allclose(col.reshape(unfold.shape), unfold, rtol=0, atol=0)
+    c = rng.standard_normal(col.shape)
+    folded = torch.nn.functional.fold(torch.tensor(c.reshape(unfold.shape)), geom["input_size"],
+                                      kernel, dil, pad, stride).numpy()
+    np.testing.assert_allclose(col2im(c, geom["input_size"], stride, pad, dil), folded, rtol=1e-12, atol=1e-12)
