@@ -18,6 +18,7 @@ Batching differently sized images: use ``EvalTransform(size=...)`` or
 ``EvalTransform(multiple=...)`` (pads with ignore) or ``batch_size=1`` for validation;
 otherwise stacking raises an error naming the sizes.
 """
+import copy
 import queue
 import threading
 import weakref
@@ -61,16 +62,19 @@ class DataLoader:
     # ---------------------------------------------------------------- resume
     def state_dict(self):
         """JSON-able: generator state at the current epoch's start, epoch, batches handed out."""
-        return {"rng_state": self._epoch_state, "epoch": self.epoch, "batch": self._batch,
-                "num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle}
+        return {"rng_state": copy.deepcopy(self._epoch_state), "epoch": self.epoch, "batch": self._batch,
+                "num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
 
     def load_state_dict(self, state):
-        for key, mine in (("num_items", len(self.dataset)), ("batch_size", self.batch_size), ("shuffle", self.shuffle)):
+        expected = {"num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle,
+                    "drop_last": self.drop_last}
+        for key, mine in expected.items():
             if key in state and state[key] != mine:
                 raise ValueError(f"DataLoader.load_state_dict: the state has {key}={state[key]!r} but this "
                                  f"loader has {key}={mine!r}; resuming would not repeat the same batches")
         self._close_active()
-        self._epoch_state = state["rng_state"]
+        self._epoch_state = copy.deepcopy(state["rng_state"])
         self.epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     # ---------------------------------------------------------------- iteration
