@@ -1,0 +1,118 @@
+"""Checkpoints: one atomic .npz that carries everything needed to rebuild, evaluate or resume a net.
+
+Layout (a nested dict written by ``minigrad.save``, which writes a temporary file
+and renames it, so a crash or Ctrl-C mid-write leaves the previous file intact):
+
+    meta       JSON text: format, version, model config (name, num_classes, width,
+               options), classes, ignore_index, normalisation mean/std, dataset,
+               the training settings, epoch (completed epochs), best val mIoU,
+               and the random states (minigrad, numpy, Python)
+    model      the model's state_dict (name -> array)
+    optimizer  the optimizer's state_dict        (training checkpoints only)
+    scheduler  the lr scheduler's state_dict     (when a scheduler is used)
+    loader     the training DataLoader's state_dict
+
+Metadata is JSON text rather than nested npz entries so that lists, None, bools
+and 128-bit generator states round-trip exactly. Loading checks everything
+before touching a model: a corrupt file or a mismatched net raises
+``CheckpointError`` with a message that says what is wrong, and the model is
+left as it was.
+"""
+import json
+import os
+
+import numpy as np
+
+import minigrad
+
+FORMAT = "segnets-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the net it is loaded into."""
+
+
+def save_checkpoint(path, meta, model_state, optimizer_state=None, scheduler_state=None, loader_state=None):
+    """Write a checkpoint atomically (``minigrad.save`` writes a temporary file, then renames it)."""
+    meta = dict(meta, format=FORMAT, version=VERSION)
+    payload = {"meta": json.dumps(meta, default=_json_default), "model": dict(model_state)}
+    for key, state in (("optimizer", optimizer_state), ("scheduler", scheduler_state), ("loader", loader_state)):
+        if state is not None:
+            payload[key] = state
+    minigrad.save(payload, os.fspath(path))
+
+
+def load_checkpoint(path):
+    """Read and check a checkpoint; returns a dict with ``meta`` (a dict) and the state dicts.
+
+    Raises ``CheckpointError`` for a missing, truncated or foreign file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        payload = minigrad.load(path)
+    except Exception as e:  # zipfile/pickle/npz errors all mean the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path!r} (corrupt or truncated?): {e}") from e
+    if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
+        raise CheckpointError(f"{path!r} is not a segnets checkpoint (no 'meta'/'model' entries)")
+    try:
+        meta = json.loads(_as_text(payload["meta"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path!r} has unreadable metadata: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r} is not a segnets checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path!r} has version {meta.get('version')}, this code reads {VERSION}")
+    for key in ("model", "classes", "mean", "std", "ignore_index"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path!r} lacks metadata {key!r}")
+    return dict(payload, meta=meta, path=path)
+
+
+def build_model_from_checkpoint(checkpoint, device="cpu"):
+    """Rebuild the net described by the checkpoint and load its weights (eval mode, on ``device``)."""
+    from . import build_model
+    config = dict(checkpoint["meta"]["model"])
+    name = config.pop("name")
+    try:
+        model = build_model(name, **config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint.get('path')!r}: cannot rebuild net {name!r} "
+                              f"with {config}: {e}") from e
+    load_model_state(model, checkpoint["model"], source=checkpoint.get("path"))
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_model_state(model, state, source="checkpoint"):
+    """Load ``state`` into ``model``; on any mismatch raise CheckpointError and leave the model untouched.
+
+    ``Module.load_state_dict`` checks every name and shape before it copies anything,
+    so a mismatched checkpoint never leaves a half-loaded net.
+    """
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: the weights do not fit the net {type(model).__name__}: {e}") from e
+
+
+def _as_text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return str(value.item())
+    return str(value)
+
+
+def _json_default(value):
+    """NumPy scalars/arrays in metadata become plain JSON numbers/lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")

@@ -1,0 +1,141 @@
+"""Evaluate a checkpoint: ``python -m segnets.evaluate --checkpoint CKPT [--dataset ... --data-dir ...]``.
+
+Prints the metrics table (pixel accuracy, mean accuracy, mIoU, frequency-weighted
+IoU, IoU per class) and writes the same numbers as JSON. The metrics come from
+one confusion matrix accumulated over the whole split (pixels labelled 255 left
+out), kept on the device the model runs on; torchvision's reference does the same.
+
+The net, its classes and its normalisation come from the checkpoint; the data
+defaults to the split the checkpoint was validated on (its dataset and options).
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import minigrad
+from minigrad import backend
+
+from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .data import DataError, DataLoader, build_dataset
+from .data.transforms import EvalTransform
+from .recipes import SettingsError, parse_options
+
+IGNORE_INDEX = 255
+
+
+def evaluate(model, loader, num_classes, device, ignore_index=IGNORE_INDEX):
+    """Metrics of ``model`` over every batch of ``loader``: a dict of plain floats/lists (JSON-able)."""
+    return metrics_dict(confusion_matrix(model, loader, num_classes, device, ignore_index))
+
+
+def confusion_matrix(model, loader, num_classes, device, ignore_index=IGNORE_INDEX):
+    """One ConfusionMatrix over the whole loader, counted on ``device``; the model is left in eval mode."""
+    from .metrics import ConfusionMatrix
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    with minigrad.no_grad():
+        for images, masks in loader:
+            logits = model(to_tensor(images, device))
+            target = center_crop(to_tensor(masks, device).data, logits.shape[-2:])
+            matrix.update(logits.data.argmax(axis=1), target)
+    return matrix
+
+
+def to_tensor(batch, device):
+    """A loader batch (array or Tensor) as a Tensor on ``device``."""
+    if isinstance(batch, minigrad.Tensor):
+        return batch if batch.device == backend.normalize_device(device) else batch.to(device)
+    return minigrad.Tensor(batch, device=device)
+
+
+def center_crop(masks, size):
+    """Crop (..., H, W) masks to their centre (h, w): nets with unpadded convs (U-Net 'valid') give smaller logits."""
+    height, width = masks.shape[-2:]
+    h, w = size
+    if (h, w) == (height, width):
+        return masks
+    if h > height or w > width:
+        raise ValueError(f"center_crop: logits are {h}x{w}, larger than the {height}x{width} masks")
+    top, left = (height - h) // 2, (width - w) // 2
+    return masks[..., top:top + h, left:left + w]
+
+
+def metrics_dict(matrix):
+    """{pixel_acc, mean_acc, miou, fwiou, per_class_iou}; NaN (a class seen nowhere) becomes None for JSON."""
+    computed = matrix.compute()
+    out = {key: _plain(computed[key]) for key in ("pixel_acc", "mean_acc", "miou", "fwiou")}
+    out["per_class_iou"] = [_plain(v) for v in computed["per_class_iou"]]
+    return out
+
+
+def _plain(value):
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------- command line
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m segnets.evaluate",
+                                description="Evaluate a segnets checkpoint: print the metrics table, write JSON.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint .npz written by segnets.train")
+    p.add_argument("--dataset", help="dataset to evaluate on [default: the checkpoint's]")
+    p.add_argument("--data-dir", help="its directory [default: the checkpoint's]")
+    p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
+                   help="dataset option, repeatable [default: the checkpoint's options]")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
+                   "(use 1 for datasets whose images differ in size)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run")
+    p.add_argument("--output", help="JSON file to write [default: eval_<split>.json next to the checkpoint]")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        backend.xp_for(args.device)  # a missing GPU fails here, before any work
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        meta = checkpoint["meta"]
+        dataset = dataset_for(checkpoint, args)
+        model = build_model_from_checkpoint(checkpoint, device=args.device)
+        loader = DataLoader(dataset, batch_size=args.batch_size, transform=EvalTransform(meta["mean"], meta["std"]))
+        matrix = confusion_matrix(model, loader, len(meta["classes"]), args.device)
+    except (CheckpointError, SettingsError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(matrix.format_table(meta["classes"]))
+    output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / f"eval_{args.split}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "split": args.split,
+              "epoch": meta.get("epoch"), "classes": meta["classes"], **metrics_dict(matrix)}
+    output.write_text(json.dumps(record, indent=2))
+    print(f"wrote {output}")
+    return 0
+
+
+def dataset_for(checkpoint, args):
+    """The split to evaluate: the checkpoint's dataset and options, unless the flags name others."""
+    meta = checkpoint["meta"]
+    saved = meta.get("settings", {})
+    same_dataset = args.dataset is None or args.dataset == saved.get("dataset")
+    name = args.dataset or saved.get("dataset")
+    if name is None:
+        raise SettingsError("the checkpoint does not say which dataset it was trained on; pass --dataset")
+    options = dict(saved.get("data_options", {})) if same_dataset else {}
+    options.update(parse_options(args.data_opt, "--data-opt"))
+    data_dir = args.data_dir if args.data_dir is not None else (saved.get("data_dir") if same_dataset else None)
+    dataset = build_dataset(name, args.split, data_dir=data_dir, seed=saved.get("seed", 0), **options)
+    if list(dataset.classes) != list(meta["classes"]):
+        raise SettingsError(f"the {name} data has classes {list(dataset.classes)}, but the checkpoint's net "
+                            f"was trained on {meta['classes']}")
+    return dataset
+
+
+if __name__ == "__main__":
+    sys.exit(main())
