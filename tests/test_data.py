@@ -103,6 +103,16 @@ def test_shapes_is_deterministic_in_seed_split_and_index():
     assert not np.array_equal(a[0][0], a[1][0])
 
 
+def test_shapes_cache_returns_the_generated_items_as_fresh_copies():
+    cached, uncached = build_dataset("shapes", "val", seed=2), build_dataset("shapes", "val", seed=2, cache=False)
+    image, mask = cached[4]
+    image[:] = 0
+    mask[:] = 3  # the caller scribbles on its copy
+    again, fresh = cached[4], uncached[4]
+    assert np.array_equal(again[0], fresh[0]) and np.array_equal(again[1], fresh[1])
+    assert again[1].dtype == np.int64
+
+
 def test_shapes_every_class_appears_and_background_does_not_dominate_everything():
     data = build_dataset("shapes", "train")
     counts = np.bincount(np.concatenate([data[i][1].ravel() for i in range(30)]), minlength=6)
