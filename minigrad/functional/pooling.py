@@ -1,0 +1,242 @@
+"""Pooling: max_pool2d and max_unpool2d (one shared scatter), avg_pool2d. Window geometry is im2col's.
+
+Max-pooling gathers every window with ``im2col`` (padding reads -inf) and keeps,
+per window, the first maximum in row-major window order. Its *switches* are
+int64 flat positions ``h * W + w`` inside each input plane, exactly PyTorch's
+``return_indices``. The max-pool gradient and ``max_unpool2d`` are the same
+operation, "add each value at its switch", written once in ``_scatter_to_planes``;
+their adjoint, the unpool gradient, is the matching gather.
+
+Like PyTorch, every op here also takes one unbatched (C, H, W) image.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+from ..tensor import Tensor, _result, is_grad_enabled
+from . import shape as _shape
+from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
+
+
+# --------------------------------------------------------------------- max_pool2d
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over each window; with ``return_indices`` also the switches (int64 ``h * W + w`` per plane).
+
+    Same arguments, output size and indices as ``torch.nn.functional.max_pool2d``:
+    stride defaults to kernel_size, padding acts as -inf and may be at most
+    kernel_size // 2, ties go to the first element in row-major window order.
+    Where we differ: a window that contains NaN returns the index of its first NaN
+    (PyTorch's CPU kernel returns its last); a dilated window that holds no input
+    pixel at all raises ValueError (PyTorch returns -inf and an out-of-range index).
+    """
+    x, batched = _as_batch("max_pool2d", input)
+    geometry = _pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out, indices = _max_pool2d(x, *geometry, need_indices=return_indices)
+    if return_indices:
+        return _unbatch(out, batched), _unbatch(indices, batched)
+    return _unbatch(out, batched)
+
+
+def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
+    xp = x.xp
+    n, c, h, w = x.shape
+    (kh, kw), (oh, ow) = kernel, out_size
+    first_inside = [_first_tap_inside(*axis) for axis in
+                    zip(("height", "width"), (h, w), out_size, kernel, stride, padding, dilation)]
+    col = im2col(x.data, kernel, stride, padding, dilation, out_size, pad_value=_lowest(x.dtype))
+    col = col.reshape(n, c, kh * kw, oh, ow)
+    tap = col.argmax(axis=2)  # the first maximum in row-major window order, as in PyTorch
+    out = xp.take_along_axis(col, tap[:, :, None], axis=2)[:, :, 0]
+    del col
+    needs_grad = is_grad_enabled() and x.requires_grad
+    indices = None
+    if need_indices or needs_grad:
+        indices = _switches(xp, tap, (h, w), kernel, stride, padding, dilation, first_inside)
+    result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w)),))
+    return result, (None if indices is None else Tensor._wrap(indices))
+
+
+def _switches(xp, tap, input_size, kernel, stride, padding, dilation, first_inside):
+    """Flat positions ``row * W + col`` in the input plane of each window's chosen tap."""
+    (h, w), (_, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel, stride, padding, dilation
+    oh, ow = tap.shape[2:]
+    rows = (xp.arange(oh, dtype=np.int64) * sh - ph)[:, None] + (tap // kw) * dh
+    cols = xp.arange(ow, dtype=np.int64) * sw - pw + (tap % kw) * dw
+    switches = rows * w + cols
+    # A window whose input pixels are all -inf ties with its padding; PyTorch then
+    # reports the window's first tap inside the input.
+    in_padding = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
+    first_row, first_col = (xp.asarray(f) for f in first_inside)
+    return xp.where(in_padding, first_row[:, None] * w + first_col[None, :], switches)
+
+
+def _first_tap_inside(axis, size, out, kernel, stride, pad, dilation):
+    """Per output position along one axis, the first tap that lands inside the input.
+
+    Only dilated windows can straddle the input without touching it; say so instead
+    of pooling nothing.
+    """
+    taps = (np.arange(out) * stride - pad)[:, None] + np.arange(kernel) * dilation
+    inside = (taps >= 0) & (taps < size)
+    empty = ~inside.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"max_pool2d: the window at output {axis} {int(empty.argmax())} covers no input pixel "
+            f"(input {axis} {size}, kernel_size {kernel}, stride {stride}, padding {pad}, dilation {dilation})")
+    return taps[np.arange(out), inside.argmax(axis=1)]
+
+
+# --------------------------------------------------------------------- max_unpool2d
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Put each value at its switch (flat ``h * W + w`` in its output plane), zeros elsewhere.
+
+    Like ``torch.nn.functional.max_unpool2d``: the default output size is
+    ``(in - 1) * stride + kernel - 2 * padding`` per axis; ``output_size`` (2 entries,
+    or 4 as in ``x.shape``) must lie strictly within ``default +- stride``. Where we
+    differ: values that share a switch (overlapping windows) are added, where
+    PyTorch keeps one of them; this makes unpooling the max-pool gradient exactly.
+    """
+    x, batched = _as_batch("max_unpool2d", input)
+    switches = indices.data if isinstance(indices, Tensor) else get_array_module(x.data).asarray(indices)
+    if tuple(switches.shape) != tuple(input.shape):
+        raise ValueError(f"max_unpool2d: indices must have the shape of input {tuple(input.shape)}, "
+                         f"got {tuple(switches.shape)}")
+    if switches.dtype.kind not in "iu":
+        raise ValueError(f"max_unpool2d: indices must be integers, got dtype {switches.dtype}")
+    switches = switches.reshape(x.shape).astype(np.int64, copy=False)
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride in ((), []) else pair(stride, "stride")
+    out_size = _unpool_output_size(x.shape, kernel, stride, pair(padding, "padding"), output_size)
+    _check_switches(switches, out_size)
+    n, c = x.shape[:2]
+    out = _scatter_to_planes(x.data, switches, out_size)
+
+    def backward(g):  # the adjoint of a scatter is the gather at the same switches
+        planes = g.reshape(n * c, -1)
+        return (x.xp.take_along_axis(planes, switches.reshape(n * c, -1), axis=1).reshape(x.shape),)
+    return _unbatch(_result(out, (x,), backward), batched)
+
+
+def _scatter_to_planes(values, switches, plane_size):
+    """Add ``values[n, c, ...]`` at flat position ``switches[n, c, ...]`` of plane ``(n, c)``.
+
+    Returns (N, C, H, W). Both the max-pool gradient and max_unpool2d; where two
+    values share a switch they add. One bincount over all planes at once.
+    """
+    xp = get_array_module(values)
+    n, c = values.shape[:2]
+    plane = plane_size[0] * plane_size[1]
+    offsets = xp.arange(n * c, dtype=np.int64).reshape((n, c) + (1,) * (values.ndim - 2)) * plane
+    flat = (switches + offsets).ravel()
+    total = n * c * plane
+    summed = xp.bincount(flat, weights=values.ravel(), minlength=max(total, 1))[:total]
+    return summed.astype(values.dtype, copy=False).reshape((n, c) + tuple(plane_size))
+
+
+def _unpool_output_size(shape, kernel, stride, padding, output_size):
+    default = tuple(conv_transpose_output_size(shape[2 + d], kernel[d], stride[d], padding[d]) for d in range(2))
+    if output_size is None:
+        size = default
+    else:
+        size = tuple(int(v) for v in output_size)
+        if len(size) == 4:
+            size = size[2:]
+        if len(size) != 2:
+            raise ValueError(f"max_unpool2d: output_size must have 2 or 4 entries, got {tuple(output_size)}")
+        for d, axis in enumerate(("height", "width")):
+            low, high = default[d] - stride[d], default[d] + stride[d]
+            if not low < size[d] < high:
+                raise ValueError(f"max_unpool2d: output_size {size} is invalid: the {axis} must lie strictly "
+                                 f"between {low} and {high} for input of shape {tuple(shape)}, kernel_size "
+                                 f"{kernel}, stride {stride}, padding {padding}")
+    if min(size) <= 0:
+        raise ValueError(f"max_unpool2d: output size {size} must be positive (input of shape {tuple(shape)}, "
+                         f"kernel_size {kernel}, stride {stride}, padding {padding})")
+    return size
+
+
+def _check_switches(switches, out_size):
+    plane = out_size[0] * out_size[1]
+    bad = (switches < 0) | (switches >= plane)
+    if switches.size and bool(bad.any()):
+        where = tuple(int(i) for i in np.unravel_index(int(bad.ravel().argmax()), switches.shape))
+        raise IndexError(f"max_unpool2d: indices must lie in [0, {plane}) for output planes of size "
+                         f"{tuple(out_size)}; {int(bad.sum())} do not, e.g. {int(switches[where])} at {where}")
+
+
+# --------------------------------------------------------------------- avg_pool2d
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Mean over each window, with PyTorch's divisors.
+
+    ``divisor_override`` if given; else with ``count_include_pad`` the part of the
+    window inside input + padding (a ceil_mode window hanging past the padding counts
+    only up to it); else the part inside the input.
+    """
+    if divisor_override is not None and int(divisor_override) == 0:
+        raise ValueError("avg_pool2d: divisor_override must not be zero")
+    x, batched = _as_batch("avg_pool2d", input)
+    kernel, stride, padding, dilation, out_size = _pool_geometry(
+        "avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    xp = x.xp
+    n, c, h, w = x.shape
+    if divisor_override is not None:
+        divisor = x.dtype.type(divisor_override)
+    else:
+        extents = [_window_extent(*axis, count_include_pad)
+                   for axis in zip((h, w), out_size, kernel, stride, padding)]
+        divisor = xp.asarray(np.multiply.outer(*extents).astype(x.dtype))
+    col = im2col(x.data, kernel, stride, padding, dilation, out_size)
+    out = col.sum(axis=(2, 3)) / divisor
+
+    def backward(g):  # every pixel of a window gets grad / divisor: col2im of a broadcast, no copy
+        share = xp.broadcast_to((g / divisor)[:, :, None, None], (n, c) + kernel + out_size)
+        return (col2im(share, (h, w), stride, padding, dilation),)
+    return _unbatch(_result(out, (x,), backward), batched)
+
+
+def _window_extent(size, out, kernel, stride, pad, count_include_pad):
+    """Per output position along one axis: how many taps the divisor counts (PyTorch's rule)."""
+    start = np.arange(out) * stride - pad
+    end = np.minimum(start + kernel, size + pad)
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
+
+
+# --------------------------------------------------------------------- shared helpers
+def _pool_geometry(name, shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validated (kernel, stride, padding, dilation, out_size) pairs; stride defaults to kernel_size."""
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride in ((), []) else pair(stride, "stride")
+    padding, dilation = pair(padding, "padding"), pair(dilation, "dilation")
+    for arg, value in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
+        if min(value) <= 0:
+            raise ValueError(f"{name}: {arg} must be positive, got {value}")
+    if min(padding) < 0:
+        raise ValueError(f"{name}: padding must be non-negative, got {padding}")
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
+    out_size = tuple(conv_output_size(shape[2 + d], kernel[d], stride[d], padding[d], dilation[d], ceil_mode)
+                     for d in range(2))
+    if min(out_size) <= 0:
+        raise ValueError(f"{name}: input of shape {tuple(shape)} is too small for kernel_size {kernel} "
+                         f"with padding {padding} and dilation {dilation}: output size would be {out_size}")
+    return kernel, stride, padding, dilation, out_size
+
+
+def _as_batch(name, input):
+    """(4-D input, whether a batch axis was added): an unbatched (C, H, W) image becomes (1, C, H, W)."""
+    if input.ndim == 4:
+        return input, False
+    if input.ndim == 3:
+        return _shape.unsqueeze(input, 0), True
+    raise ValueError(f"{name}: input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+
+
+def _unbatch(tensor, batched):
+    return _shape.squeeze(tensor, 0) if batched else tensor
+
+
+def _lowest(dtype):
+    """What padding reads in max-pooling: below every value of ``dtype``."""
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
