@@ -14,16 +14,18 @@ class BatchNorm2d(Module):
     ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
     batch variance. ``momentum=None`` makes it a cumulative average, the factor
     being ``1 / num_batches_tracked``. With ``track_running_stats=False`` there
-    are no buffers and batch statistics are used in eval mode too.
+    are no buffers and batch statistics are used in eval mode too. ``bias=False``
+    (keyword-only, as in PyTorch) keeps the affine scale but drops the shift.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
+                 bias=True):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
-            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32)) if bias else None
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -45,7 +47,8 @@ class BatchNorm2d(Module):
         self.reset_running_stats()
         if self.affine:
             init.ones_(self.weight)
-            init.zeros_(self.bias)
+            if self.bias is not None:
+                init.zeros_(self.bias)
 
     def _average_factor(self):
         """The weight of this batch in the running averages (counts the batch when training)."""
@@ -69,4 +72,4 @@ class BatchNorm2d(Module):
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
