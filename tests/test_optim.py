@@ -1,4 +1,5 @@
 """Optimizers and LR schedulers: PyTorch parity, state_dict round trips, errors."""
+import itertools
 import math
 
 import numpy as np
@@ -11,22 +12,12 @@ from tests.helpers import require_torch
 
 SHAPES = [(3, 4), (5,)]
 
-SGD_OPTIONS = [
-    dict(lr=0.1),
-    dict(lr=0.1, weight_decay=0.1),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, dampening=0.5),
-    dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.01),
-    dict(lr=0.05, momentum=0.9, nesterov=True),
-    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1),
-]
-ADAM_OPTIONS = [
-    dict(),
-    dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
-    dict(lr=0.01, weight_decay=0.1),
-    dict(lr=0.01, amsgrad=True),
-    dict(lr=0.01, amsgrad=True, weight_decay=0.1),
-]
+# every valid combination (nesterov needs momentum and no dampening)
+SGD_OPTIONS = [dict(lr=0.05, momentum=m, dampening=d, weight_decay=wd, nesterov=n)
+               for m, d, wd, n in itertools.product([0, 0.9], [0, 0.5], [0, 0.1], [False, True])
+               if not n or (m > 0 and d == 0)]
+ADAM_OPTIONS = [dict(lr=0.01, weight_decay=wd, amsgrad=a) for wd, a in itertools.product([0, 0.1], [False, True])]
+ADAM_OPTIONS.append(dict(betas=(0.8, 0.99), eps=1e-6))  # and the defaults for the rest
 CASES = ([("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS]
          + [("AdamW", o) for o in ADAM_OPTIONS])
 
