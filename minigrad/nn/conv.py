@@ -78,22 +78,9 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          False, 0, groups, bias)
 
-    def _explicit_padding(self, input):
-        """(input, padding pair) with 'same'/'valid' turned into numbers."""
-        if self.padding == "valid":
-            return input, (0, 0)
-        if self.padding != "same":
-            return input, self.padding
-        totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-        before = tuple(t // 2 for t in totals)
-        extra_h, extra_w = (t - 2 * b for t, b in zip(totals, before))
-        if extra_h or extra_w:  # odd total: pad the one extra row/column at the end first
-            input = F.pad(input, (0, extra_w, 0, extra_h))
-        return input, before
-
     def forward(self, input):
-        input, padding = self._explicit_padding(input)
-        return F.conv2d(input, self.weight, self.bias, stride=self.stride, padding=padding,
+        # F.conv2d resolves 'same'/'valid' itself (odd 'same' totals pad one more at the bottom/right)
+        return F.conv2d(input, self.weight, self.bias, stride=self.stride, padding=self.padding,
                         dilation=self.dilation, groups=self.groups)
 
 
