@@ -5,7 +5,7 @@ output column at most two input columns. Per axis we compute PyTorch's source
 indices and weights in PyTorch's precision (they match its CPU kernel bit for
 bit; the weighted sums agree to an ulp). The forward gathers neighbours along W,
 then along H. The backward is the transpose of the same per-axis maps, written
-as two small dense (out, in) matrices: ``grad_x = A_h.T @ grad @ A_w`` (a matmul
+as two small dense (out, in) matrices: ``grad_x = A_h.T @ grad @ A_w`` (a GEMM
 is deterministic and fast on both backends; gradients are finite, so the zeros
 in A cannot turn an inf into NaN the way they would in the forward).
 """
@@ -135,11 +135,16 @@ def _resample(input, axes, linear):
     if linear:
         out = _linear_along(_linear_along(input.data, width, axis=3), height, axis=2)
     else:
-        out = input.data[:, :, height[:, None], width[None, :]]
+        out = input.data.take(width, axis=3).take(height, axis=2)
 
     def backward(g):
-        rows, cols = (_axis_matrix(xp, axis, size, g.dtype, linear) for axis, size in zip(axes, input.shape[2:]))
-        return ((rows.T @ (g @ cols)),)
+        n, c, h, w = input.shape
+        rows, cols = (_axis_matrix(xp, axis, size, g.dtype, linear) for axis, size in zip(axes, (h, w)))
+        # two plain GEMMs rather than N*C small batched ones: along W on (N*C*OH, OW) rows,
+        # then along H with the (N*C) planes as the middle axis
+        along_w = (g.reshape(-1, g.shape[3]) @ cols).reshape(n * c, g.shape[2], w)
+        along_h = xp.tensordot(rows, along_w, axes=([0], [1]))  # (H, N*C, W)
+        return (along_h.transpose(1, 0, 2).reshape(n, c, h, w),)
     return _result(out, (input,), backward)
 
 
