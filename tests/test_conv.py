@@ -315,29 +315,37 @@ def test_float32_stays_float32(op, wshape):
 @pytest.mark.parametrize("op, wshape, kwargs", [
     (conv2d, (4, 3, 3, 3), dict(stride=2, padding=1)),
     (conv2d, (6, 1, 3, 3), dict(groups=3, dilation=2, padding="same")),
+    (conv2d, (4, 3, 2, 3), dict(stride=(3, 1), padding=(4, 0))),   # some row blocks read only padding
     (conv_transpose2d, (3, 4, 4, 4), dict(stride=2, padding=1, output_padding=1)),
+    (conv_transpose2d, (3, 4, 3, 3), dict(stride=(1, 2), dilation=(3, 1))),   # blocks overlap in the image
 ])
-def test_chunked_im2col_gives_the_same_results(op, wshape, kwargs, monkeypatch):
+def test_tiled_im2col_gives_the_same_results(op, wshape, kwargs, monkeypatch):
     rng = np.random.default_rng(9)
     x_np, w_np = rng.standard_normal((5, 3, 7, 6)), rng.standard_normal(wshape)
 
-    def run():
-        x, w = t(x_np, True), t(w_np, True)
-        out = op(x, w, **kwargs)
-        out.backward(np.cos(np.arange(out.numel())).reshape(out.shape))
-        return out.numpy(), x.grad.numpy(), w.grad.numpy()
+    def run(budget):
+        previous = conv_module.set_im2col_budget(budget)
+        try:
+            x, w = t(x_np, True), t(w_np, True)
+            out = op(x, w, **kwargs)
+            out.backward(np.cos(np.arange(out.numel())).reshape(out.shape))
+        finally:
+            conv_module.set_im2col_budget(previous)
+        return out, (out.numpy(), x.grad.numpy(), w.grad.numpy())
 
     calls = _counting(monkeypatch, "im2col")
-    whole = run()
-    whole_calls = len(calls)
-    previous = conv_module.set_im2col_budget(1)   # one batch element per chunk
-    try:
-        chunked = run()
-    finally:
-        conv_module.set_im2col_budget(previous)
-    assert len(calls) - whole_calls == 5 * whole_calls   # five batch elements, one chunk each
-    for a, b in zip(whole, chunked):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    out, whole = run(2 ** 30)
+    passes = len(calls)   # one im2col per pass over the batch (forward or backward)
+    # the column side is the output of conv2d and the input of conv_transpose2d
+    image, columns = (x_np, out) if op is conv2d else (out, x_np)
+    per_sample_bytes = 8 * image.shape[1] * wshape[2] * wshape[3] * columns.shape[2] * columns.shape[3]
+    column_rows = columns.shape[2]
+    for budget, tiles in ((per_sample_bytes, 5), (1, 5 * column_rows)):
+        del calls[:]
+        _, tiled = run(budget)
+        assert len(calls) == passes * tiles, (budget, len(calls))
+        for name, a, b in zip(("output", "input grad", "weight grad"), whole, tiled):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{name}, budget {budget}")
 
 
 def test_im2col_budget_rejects_nonsense():

@@ -11,9 +11,12 @@ conv2d's input gradient *is* ``_conv_transpose_array``, conv_transpose2d's input
 gradient *is* ``_conv_array``, and both weight gradients are ``_conv_weight_grad``,
 so <conv2d(x, W), y> = <x, conv_transpose2d(y, W)> holds by construction.
 
-Memory: the column array is (C*kh*kw) times bigger than the output. When a whole
-batch's columns would exceed the budget (``set_im2col_budget``, default 256 MiB) they
-are built a few batch elements at a time; results are identical.
+Memory and speed: the column array is C*kh*kw times bigger than the image. It is
+built in tiles of at most ``set_im2col_budget`` bytes (default 16 MiB): a few batch
+elements at a time, or a block of output rows of one element when one is too big.
+Results are identical. Small tiles are also faster than one big array: they stay in
+cache and under malloc's mmap threshold (a 75 MB column array costs ~20 ms of page
+faults alone), measured ~25% faster forward+backward on (8, 64, 64, 64) 3x3.
 """
 from collections import namedtuple
 
@@ -21,7 +24,7 @@ from ..backend import get_array_module
 from ..tensor import Tensor, _result
 from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
 
-_im2col_budget = 256 * 2 ** 20
+_im2col_budget = 16 * 2 ** 20
 
 
 def set_im2col_budget(nbytes):
@@ -106,12 +109,12 @@ def _conv_array(x, w, geom):
     xp = get_array_module(w)
     n, c = x.shape[:2]
     o, g = w.shape[0], geom.groups
-    oh, ow = geom.column_size
-    out = xp.empty((n, o, oh, ow), dtype=w.dtype)
+    out = xp.empty((n, o) + tuple(geom.column_size), dtype=w.dtype)
     w_mat = w.reshape(g, o // g, -1)
-    for lo, hi in _batch_chunks(n, c, geom, w.dtype):
-        col = _columns(x[lo:hi], geom)
-        xp.matmul(w_mat, col, out=out[lo:hi].reshape(hi - lo, g, o // g, oh * ow))
+    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype):
+        col = _columns(x[batch, :, window], tile)
+        # a block of whole output rows is contiguous per channel, so this reshape is a view
+        xp.matmul(w_mat, col, out=out[batch, :, rows].reshape(col.shape[0], g, o // g, -1))
     return out
 
 
@@ -121,14 +124,14 @@ def _conv_transpose_array(y, w, geom):
     n, o = y.shape[:2]
     g = geom.groups
     c = w.shape[1] * g
-    kh, kw = geom.kernel
-    oh, ow = geom.column_size
     out = xp.zeros((n, c) + tuple(geom.image_size), dtype=w.dtype)
     w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)
-    for lo, hi in _batch_chunks(n, c, geom, w.dtype):
-        col = xp.matmul(w_t, y[lo:hi].reshape(hi - lo, g, o // g, oh * ow))
-        col2im(col.reshape(hi - lo, c, kh, kw, oh, ow), geom.image_size,
-               geom.stride, geom.pad_before, geom.dilation, out=out[lo:hi])
+    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype):
+        y_tile = y[batch, :, rows]
+        col = xp.matmul(w_t, y_tile.reshape(y_tile.shape[0], g, o // g, -1))
+        col = col.reshape((y_tile.shape[0], c) + tile.kernel + tuple(tile.column_size))
+        # tiles of neighbouring rows overlap in the image: col2im adds into ``out``
+        col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
     return out
 
 
@@ -138,28 +141,48 @@ def _conv_weight_grad(x, gy, geom):
     n, c = x.shape[:2]
     o, g = gy.shape[1], geom.groups
     kh, kw = geom.kernel
-    l = geom.column_size[0] * geom.column_size[1]
     gw = xp.zeros((g, o // g, (c // g) * kh * kw), dtype=x.dtype)
-    for lo, hi in _batch_chunks(n, c, geom, x.dtype):
-        col = _columns(x[lo:hi], geom)
-        gy_mat = gy[lo:hi].reshape(hi - lo, g, o // g, l)
+    for batch, rows, window, tile in _tiles(n, c, geom, x.dtype):
+        col = _columns(x[batch, :, window], tile)
+        gy_mat = gy[batch, :, rows].reshape(col.shape[0], g, o // g, -1)
         gw += xp.matmul(gy_mat, col.transpose(0, 1, 3, 2)).sum(axis=0)
     return gw.reshape(o, c // g, kh, kw)
 
 
 def _columns(x, geom):
     """im2col of ``x`` as (N, g, C/g*kh*kw, OH*OW): the right operand of the per-group product."""
-    n, c = x.shape[:2]
     col = im2col(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size)
-    return col.reshape(n, geom.groups, -1, geom.column_size[0] * geom.column_size[1])
+    return col.reshape(x.shape[0], geom.groups, -1, geom.column_size[0] * geom.column_size[1])
 
 
-def _batch_chunks(n, image_channels, geom, dtype):
-    """(lo, hi) batch ranges whose column arrays fit in the im2col budget (at least one sample each)."""
+def _tiles(n, image_channels, geom, dtype):
+    """(batch slice, output-row slice, input-row slice, tile geometry) for columns within the budget.
+
+    Several whole samples per tile when one sample's columns fit; otherwise one sample
+    at a time, a block of output rows at a time (large feature maps).
+    """
     kh, kw = geom.kernel
-    per_sample = image_channels * kh * kw * geom.column_size[0] * geom.column_size[1] * dtype.itemsize
-    step = max(1, min(n, _im2col_budget // per_sample))
-    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    oh, ow = geom.column_size
+    per_row = image_channels * kh * kw * ow * dtype.itemsize
+    if per_row * oh <= _im2col_budget:
+        step = min(n, _im2col_budget // (per_row * oh))
+        return [(slice(lo, min(lo + step, n)), slice(0, oh), slice(0, geom.image_size[0]), geom)
+                for lo in range(0, n, step)]
+    step = max(1, _im2col_budget // per_row)
+    row_blocks = [_row_block(geom, slice(lo, min(lo + step, oh))) for lo in range(0, oh, step)]
+    return [(slice(i, i + 1),) + block for i in range(n) for block in row_blocks]
+
+
+def _row_block(geom, rows):
+    """(rows, the input rows they read, their geometry): padding at the top only for the first block."""
+    (sh, _), (pt, pl), (dh, _) = geom.stride, geom.pad_before, geom.dilation
+    first = rows.start * sh - pt                           # first row read, in input coordinates
+    last = (rows.stop - 1) * sh - pt + dh * (geom.kernel[0] - 1)
+    lo = min(max(first, 0), geom.image_size[0])
+    hi = max(min(last + 1, geom.image_size[0]), lo)
+    tile = geom._replace(pad_before=(lo - first, pl), image_size=(hi - lo, geom.image_size[1]),
+                         column_size=(rows.stop - rows.start, geom.column_size[1]))
+    return rows, slice(lo, hi), tile
 
 
 # ---------------------------------------------------------------------------- argument checks
