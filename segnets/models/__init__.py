@@ -1,0 +1,57 @@
+"""The segmentation nets and their one entry point, ``build_model``.
+
+>>> model = build_model("fcn8s", num_classes=21)           # the paper's FCN-8s
+>>> tiny = build_model("unet", 2, width=4, padding="same")  # any option of the net's class
+>>> same = build_model(**tiny.config)                       # what a checkpoint stores
+"""
+import inspect
+
+from .common import SegmentationNet, summary
+from .deconvnet import DeconvNet
+from .fcn import FCN8s, FCN16s, FCN32s
+from .unet import UNet
+from .weights import load_torch_state_dict
+
+_CLASSES = {"fcn32s": FCN32s, "fcn16s": FCN16s, "fcn8s": FCN8s, "deconvnet": DeconvNet, "unet": UNet}
+MODELS = list(_CLASSES)
+
+
+def options_of(name):
+    """The option names (keyword arguments beyond num_classes, in_channels, width) of net ``name``."""
+    cls = _model_class(name)
+    classes = [c for c in cls.__mro__ if "__init__" in vars(c) and issubclass(c, SegmentationNet)]
+    names = []
+    for c in classes:
+        for param in inspect.signature(c.__init__).parameters.values():
+            if param.kind is param.KEYWORD_ONLY or param.default is not param.empty:
+                if param.name not in ("num_classes", "in_channels", "width") and param.name not in names:
+                    names.append(param.name)
+    return names
+
+
+def build_model(name, num_classes, in_channels=3, width=64, **options):
+    """A new ``minigrad.nn.Module``: net ``name`` (one of ``MODELS``) predicting ``num_classes`` classes.
+
+    ``width`` is the channel count of the first stage (64 in the papers); every
+    stage scales with it (FCN's and DeconvNet's fc6/fc7 have 64 * width). The
+    defaults of ``options`` give the papers' networks:
+    fcn32s/fcn16s/fcn8s: pad100=True, fc_kernel=7, learn_upsampling=False;
+    deconvnet: fc_kernel=7; unet: padding="valid", batch_norm=False.
+    The model's ``config`` holds all of these, so ``build_model(**model.config)`` rebuilds it.
+    """
+    cls = _model_class(name)
+    unknown = sorted(set(options) - set(options_of(name)))
+    if unknown:
+        raise TypeError(f"{name} has no option {', '.join(map(repr, unknown))}; "
+                        f"its options are {', '.join(options_of(name))}")
+    return cls(num_classes=num_classes, in_channels=in_channels, width=width, **options)
+
+
+def _model_class(name):
+    if name not in _CLASSES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return _CLASSES[name]
+
+
+__all__ = ["MODELS", "build_model", "options_of", "load_torch_state_dict", "summary", "SegmentationNet",
+           "FCN32s", "FCN16s", "FCN8s", "DeconvNet", "UNet"]

@@ -1,0 +1,139 @@
+"""What every segmentation net shares: its config, input checks, crops and ``summary``."""
+import numpy as np
+
+import minigrad
+from minigrad import nn
+
+
+class SegmentationNet(nn.Module):
+    """Base class: ``forward(x)`` maps (N, in_channels, H, W) images to (N, num_classes, H, W) logits.
+
+    ``config`` is everything ``segnets.build_model(**config)`` needs to rebuild the
+    net (name, num_classes, in_channels, width and every option), so a checkpoint
+    can store it as JSON.
+    """
+
+    name = None
+
+    def __init__(self, num_classes, in_channels, width, **options):
+        super().__init__()
+        check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
+        check_int("width", width)
+        self.num_classes, self.in_channels, self.width = num_classes, in_channels, width
+        self.config = {"name": self.name, "num_classes": num_classes, "in_channels": in_channels,
+                       "width": width, **options}
+
+    def check_input(self, x):
+        """(H, W) of ``x``, or a ValueError naming the expected shape."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.name}: input must have shape (N, {self.in_channels}, H, W), got {x.shape}")
+        return x.shape[2], x.shape[3]
+
+    def summary(self, input_size, batch_size=1, print_fn=print):
+        """Print (and return) each layer's output shape for an input of ``input_size``, and the totals."""
+        return summary(self, input_size, batch_size, print_fn)
+
+    def extra_repr(self):
+        return ", ".join(f"{key}={value!r}" for key, value in self.config.items() if key != "name")
+
+
+# ---------------------------------------------------------------- crops and size checks
+def crop(x, top, left, size):
+    """``x[..., top:top+h, left:left+w]``, or a ValueError if ``x`` is too small (no copy when nothing is cut)."""
+    h, w = size
+    if top < 0 or left < 0 or top + h > x.shape[-2] or left + w > x.shape[-1]:
+        raise ValueError(f"cannot crop {h}x{w} at offset ({top}, {left}) from a map of shape {x.shape}")
+    if (top, left, h, w) == (0, 0) + tuple(x.shape[-2:]):
+        return x
+    return x[..., top:top + h, left:left + w]
+
+
+def center_crop(x, size):
+    """The central ``size`` window of ``x`` (the extra pixel of an odd margin goes bottom/right)."""
+    return crop(x, (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2, size)
+
+
+def check_input_size(net, size, first, step, rule):
+    """Raise a ValueError unless each of ``size`` is ``first + k * step`` (k >= 0); name the nearest valid sizes."""
+    bad = [(axis, n) for axis, n in zip(("height", "width"), size) if n < first or (n - first) % step]
+    if not bad:
+        return
+    hints = "; ".join(f"{axis} {n}: nearest valid {' or '.join(map(str, nearest_valid(n, first, step)))}"
+                      for axis, n in bad)
+    raise ValueError(f"{net}: input size {size[0]}x{size[1]} is not valid ({rule}); {hints}")
+
+
+def nearest_valid(n, first, step):
+    """The valid sizes ``first + k * step`` just below and just above ``n`` (one if ``n`` < ``first``)."""
+    if n <= first:
+        return [first]
+    below = first + (n - first) // step * step
+    return [below, below + step]
+
+
+def check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+# ---------------------------------------------------------------- summary
+def summary(model, input_size, batch_size=1, print_fn=print):
+    """Run one forward pass (eval mode, no graph) and list every leaf layer's output shape.
+
+    ``input_size`` is (H, W) or an int. Returns the printed text. The totals count
+    every parameter, then the trainable ones (FCN's fixed bilinear kernels are
+    parameters that do not require grad). The pass is real: on a full-size net
+    and a large input it takes as long as a forward does.
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, (int, np.integer)) else input_size
+    x = minigrad.Tensor(np.zeros((batch_size, model.in_channels, h, w), dtype=np.float32))
+    x = x.to(_device_of(model), _dtype_of(model))
+    rows = []
+    leaves = [(name, m) for name, m in model.named_modules() if name and not m._modules]
+    for name, module in leaves:
+        module.forward = _recording(name, module, rows)
+    was_training = model.training
+    try:
+        model.eval()
+        with minigrad.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+        for _, module in leaves:
+            del module.forward
+    lines = [f"{type(model).__name__} ({model.config['name']}), input {tuple(x.shape)}",
+             f"{'layer':<20} {'type':<16} {'output shape':<28} {'params':>14}"]
+    lines += [f"{name:<20} {kind:<16} {shape:<28} {params:>14,}" for name, kind, shape, params in rows]
+    lines += [f"output {tuple(out.shape)}",
+              f"total parameters: {model.num_parameters():,} "
+              f"(trainable {model.num_parameters(only_trainable=True):,})"]
+    text = "\n".join(lines)
+    if print_fn is not None:
+        print_fn(text)
+    return text
+
+
+def _recording(name, module, rows):
+    forward = type(module).forward.__get__(module)
+
+    def record(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        shape = str(out[0].shape) + " + indices" if isinstance(out, tuple) else str(out.shape)
+        params = sum(p.numel() for p in module.parameters())
+        rows.append((name, type(module).__name__, shape, params))
+        return out
+    return record
+
+
+def _device_of(model):
+    return next(iter(model.parameters())).device
+
+
+def _dtype_of(model):
+    return next(iter(model.parameters())).dtype
