@@ -1,0 +1,161 @@
+"""Hand-written CUDA kernels: the GPU fast paths of im2col, col2im and max-pooling.
+
+Each kernel computes exactly what the generic array code beside its op computes
+(the tests on a GPU compare the two), one thread per output element:
+
+- ``im2col``: one thread per column entry, ``pad_value`` where the tap is in the padding.
+- ``col2im``: a gather, one thread per input pixel, summing the column entries of
+  the kernel taps that touch it in a fixed order: deterministic, no atomics.
+- ``max_pool2d``: one thread per window; the first maximum in row-major window
+  order wins (the first NaN, if any), the switch is the int64 flat index h*W+w.
+
+They are compiled by CuPy (NVRTC) on first use and cached per dtype. Set
+``MINIGRAD_CUDA_KERNELS=0`` to run the generic array code on CuPy instead.
+"""
+import functools
+import os
+
+import numpy as np
+
+from . import backend
+
+ENABLED = os.environ.get("MINIGRAD_CUDA_KERNELS", "1") != "0"
+_THREADS = 256
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+# Index arithmetic is in long long: column arrays of large layers pass 2**31 elements.
+SOURCE = r"""
+extern "C" __global__ void im2col(const T* x, T* col, long long total,
+        int H, int W, int KH, int KW, int OH, int OW,
+        int SH, int SW, int PT, int PL, int DH, int DW, T pad_value) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        long long t = i;
+        int ox = t % OW; t /= OW;
+        int oy = t % OH; t /= OH;
+        int kx = t % KW; t /= KW;
+        int ky = t % KH; t /= KH;               /* t = n * C + c */
+        int y = oy * SH - PT + ky * DH;
+        int x_ = ox * SW - PL + kx * DW;
+        col[i] = (y >= 0 && y < H && x_ >= 0 && x_ < W) ? x[(t * H + y) * W + x_] : pad_value;
+    }
+}
+
+extern "C" __global__ void col2im(const T* col, T* img, long long total,
+        int H, int W, int KH, int KW, int OH, int OW,
+        int SH, int SW, int PT, int PL, int DH, int DW) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        int w = i % W;
+        int h = (i / W) % H;
+        long long plane = i / ((long long)H * W);  /* n * C + c */
+        T sum = 0;
+        for (int ky = 0; ky < KH; ++ky) {
+            int ys = h + PT - ky * DH;
+            if (ys < 0 || ys % SH != 0 || ys / SH >= OH) continue;
+            for (int kx = 0; kx < KW; ++kx) {
+                int xs = w + PL - kx * DW;
+                if (xs < 0 || xs % SW != 0 || xs / SW >= OW) continue;
+                sum += col[(((plane * KH + ky) * KW + kx) * OH + ys / SH) * OW + xs / SW];
+            }
+        }
+        img[i] = sum;
+    }
+}
+
+extern "C" __global__ void max_pool(const T* x, T* out, long long* index, long long total,
+        int H, int W, int KH, int KW, int OH, int OW,
+        int SH, int SW, int PT, int PL, int DH, int DW) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        int ox = i % OW;
+        int oy = (i / OW) % OH;
+        const T* plane = x + (i / ((long long)OH * OW)) * H * W;
+        T best = 0;
+        long long best_at = -1;
+        for (int ky = 0; ky < KH; ++ky) {
+            int y = oy * SH - PT + ky * DH;
+            if (y < 0 || y >= H) continue;
+            for (int kx = 0; kx < KW; ++kx) {
+                int x_ = ox * SW - PL + kx * DW;
+                if (x_ < 0 || x_ >= W) continue;
+                T v = plane[y * W + x_];
+                if (best_at < 0 || v > best || (isnan(v) && !isnan(best))) {
+                    best = v;
+                    best_at = (long long)y * W + x_;
+                }
+            }
+        }
+        out[i] = best;
+        index[i] = best_at;
+    }
+}
+"""
+KERNEL_NAMES = ("im2col", "col2im", "max_pool")
+
+
+def source_for(dtype):
+    """The CUDA source for one dtype (``T`` spelled out), as NVRTC compiles it."""
+    return "typedef %s T;\n%s" % (_CTYPES[np.dtype(dtype)], SOURCE)
+
+
+def usable(array):
+    """True when ``array`` is a float32/float64 CuPy array and the kernels are switched on."""
+    return ENABLED and backend.device_of(array) == "gpu" and np.dtype(array.dtype) in _CTYPES
+
+
+@functools.lru_cache(maxsize=None)
+def _module(dtype_name):
+    cp = backend.cupy()
+    return cp.RawModule(code=source_for(dtype_name), options=("--std=c++11",))
+
+
+def _launch(name, array, total, args):
+    """Run kernel ``name`` for ``array``'s dtype over ``total`` elements (grid-stride loop)."""
+    kernel = _module(np.dtype(array.dtype).name).get_function(name)
+    blocks = int(min(max((total + _THREADS - 1) // _THREADS, 1), 65535 * 8))
+    kernel((blocks,), (_THREADS,), args)
+
+
+def _geometry(kernel_size, out_size, stride, pad_before, dilation):
+    values = (*kernel_size, *out_size, *stride, *pad_before, *dilation)
+    return tuple(np.int32(v) for v in values)
+
+
+def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value):
+    """(N, C, H, W) -> contiguous (N, C, kh, kw, OH, OW), like the generic ``im2col``."""
+    cp = backend.cupy()
+    x = cp.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    col = cp.empty((n, c) + tuple(kernel_size) + tuple(out_size), dtype=x.dtype)
+    total = col.size
+    _launch("im2col", x, total, (x, col, np.int64(total), np.int32(h), np.int32(w),
+                                 *_geometry(kernel_size, out_size, stride, pad_before, dilation),
+                                 x.dtype.type(pad_value)))
+    return col
+
+
+def col2im(col, input_size, stride, pad_before, dilation):
+    """(N, C, kh, kw, OH, OW) -> (N, C, H, W), summing overlaps, like the generic ``col2im``."""
+    cp = backend.cupy()
+    col = cp.ascontiguousarray(col)
+    n, c, kh, kw, oh, ow = col.shape
+    h, w = input_size
+    img = cp.empty((n, c, h, w), dtype=col.dtype)
+    total = img.size
+    _launch("col2im", col, total, (col, img, np.int64(total), np.int32(h), np.int32(w),
+                                   *_geometry((kh, kw), (oh, ow), stride, pad_before, dilation)))
+    return img
+
+
+def max_pool2d(x, kernel_size, stride, pad_before, dilation, out_size):
+    """(values, int64 switches) of every window, like the generic max-pool."""
+    cp = backend.cupy()
+    x = cp.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    out = cp.empty((n, c) + tuple(out_size), dtype=x.dtype)
+    index = cp.empty(out.shape, dtype=np.int64)
+    total = out.size
+    _launch("max_pool", x, total, (x, out, index, np.int64(total), np.int32(h), np.int32(w),
+                                   *_geometry(kernel_size, out_size, stride, pad_before, dilation)))
+    return out, index

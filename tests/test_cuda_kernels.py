@@ -1,0 +1,112 @@
+"""The CUDA kernels' own source, checked without a GPU.
+
+The kernels use a grid-stride loop, so compiled as plain C++ with one block of
+one thread they visit every element in order: the same code, run on the CPU.
+These tests build them that way with the host compiler, call them through
+ctypes, and compare with the generic NumPy code of im2col, col2im and max-pooling.
+A second test compiles the source with nvcc for Hopper where nvcc is installed.
+"""
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+import minigrad.functional as F
+from minigrad import cuda_kernels
+from minigrad.functional.im2col import col2im, conv_output_size, im2col
+
+HOST_PRELUDE = r"""
+#include <cmath>
+using std::isnan;
+#define __global__
+struct Dim3 { long long x; };
+static const Dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+"""
+
+
+@pytest.fixture(scope="module", params=[np.float32, np.float64], ids=["float32", "float64"])
+def host_kernels(request, tmp_path_factory):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the kernels for the host")
+    dtype = np.dtype(request.param)
+    folder = tmp_path_factory.mktemp(f"kernels_{dtype.name}")
+    source, library = folder / "kernels.cpp", folder / "kernels.so"
+    source.write_text(HOST_PRELUDE + cuda_kernels.source_for(dtype))
+    subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return dtype, ctypes.CDLL(str(library))
+
+
+def _geometry(kernel, out, stride, pad, dilation):
+    return [ctypes.c_int(int(v)) for v in (*kernel, *out, *stride, *pad, *dilation)]
+
+
+def _ptr(array):
+    return ctypes.c_void_p(array.ctypes.data)
+
+
+GEOMETRIES = [  # (shape, kernel, stride, pad_before, dilation, ceil_mode)
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1), False),
+    ((1, 2, 9, 8), (3, 2), (2, 3), (1, 0), (2, 1), True),
+    ((2, 1, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), False),
+    ((1, 4, 8, 9), (4, 4), (2, 2), (1, 1), (1, 1), True),
+    ((1, 2, 3, 11), (2, 5), (1, 3), (0, 2), (1, 2), False),
+]
+
+
+def _out_size(shape, kernel, stride, pad, dilation, ceil_mode):
+    return tuple(conv_output_size(s, k, st, p, d, ceil_mode)
+                 for s, k, st, p, d in zip(shape[2:], kernel, stride, pad, dilation))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES)
+def test_im2col_and_col2im_kernels_match_numpy(host_kernels, shape, kernel, stride, pad, dilation, ceil_mode):
+    dtype, lib = host_kernels
+    c_scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    out = _out_size(shape, kernel, stride, pad, dilation, ceil_mode)
+    expected = im2col(x, kernel, stride, pad, dilation, out, pad_value=-7.0)
+    col = np.full(expected.shape, np.nan, dtype=dtype)  # poisoned: every entry must be written
+    lib.im2col(_ptr(x), _ptr(col), ctypes.c_longlong(col.size), ctypes.c_int(shape[2]), ctypes.c_int(shape[3]),
+               *_geometry(kernel, out, stride, pad, dilation), c_scalar(-7.0))
+    np.testing.assert_array_equal(col, expected)
+
+    upstream = rng.standard_normal(expected.shape).astype(dtype)
+    image = np.full(shape, np.nan, dtype=dtype)
+    lib.col2im(_ptr(upstream), _ptr(image), ctypes.c_longlong(image.size), ctypes.c_int(shape[2]),
+               ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation))
+    np.testing.assert_allclose(image, col2im(upstream, shape[2:], stride, pad, dilation),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES)
+def test_max_pool_kernel_matches_numpy(host_kernels, shape, kernel, stride, pad, dilation, ceil_mode):
+    dtype, lib = host_kernels
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        pytest.skip("PyTorch (and so max_pool2d) refuses padding > kernel_size // 2")
+    rng = np.random.default_rng(1)
+    x = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dtype)  # coarse values: many ties
+    values, indices = F.max_pool2d(mg.Tensor(x), kernel, stride, pad, dilation, ceil_mode, return_indices=True)
+    out = values.shape[2:]
+    got_values = np.full(values.shape, np.nan, dtype=dtype)
+    got_indices = np.full(values.shape, -5, dtype=np.int64)
+    lib.max_pool(_ptr(x), _ptr(got_values), _ptr(got_indices), ctypes.c_longlong(got_values.size),
+                 ctypes.c_int(shape[2]), ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation))
+    np.testing.assert_array_equal(got_indices, indices.numpy())
+    np.testing.assert_array_equal(got_values, values.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_compile_with_nvcc(tmp_path, dtype):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed: the CUDA build of the kernels is checked where it is")
+    source = tmp_path / "kernels.cu"
+    source.write_text(cuda_kernels.source_for(dtype))
+    result = subprocess.run([nvcc, "-arch=sm_90", "-std=c++11", "-c", str(source), "-o", str(tmp_path / "k.o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
