@@ -8,6 +8,9 @@ Each kernel computes exactly what the generic array code beside its op computes
   the kernel taps that touch it in a fixed order: deterministic, no atomics.
 - ``max_pool2d``: one thread per window; the first maximum in row-major window
   order wins (the first NaN, if any), the switch is the int64 flat index h*W+w.
+- ``cross_entropy``: log-softmax, target gather, class weights and label smoothing
+  fused; forward one thread per pixel (keeping its log-sum-exp), backward one
+  thread per logit. Range checks and the reduction stay in the generic code.
 
 They are compiled by CuPy (NVRTC) on first use and cached per dtype. Set
 ``MINIGRAD_CUDA_KERNELS=0`` to run the generic array code on CuPy instead.
@@ -90,8 +93,48 @@ extern "C" __global__ void max_pool(const T* x, T* out, long long* index, long l
         index[i] = best_at;
     }
 }
+
+/* x: (N, C, L) logits, target: (N, L) class indices with ignored entries already
+   mapped to 0 and valid = 0, weight: (C,) class weights (ones without weights). */
+extern "C" __global__ void cross_entropy_forward(const T* x, const long long* target, const bool* valid,
+        const T* weight, T* loss, T* lse, long long total, int C, long long L, T smoothing) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const T* logits = x + (i / L) * C * L + i % L;   /* class c at logits[c * L] */
+        T top = logits[0];
+        for (int c = 1; c < C; ++c) top = logits[c * L] > top ? logits[c * L] : top;
+        T sum = 0;
+        for (int c = 0; c < C; ++c) sum += exp(logits[c * L] - top);
+        T log_sum = top + log(sum);
+        lse[i] = log_sum;
+        if (!valid[i]) { loss[i] = 0; continue; }
+        T smooth = 0;
+        if (smoothing > 0)
+            for (int c = 0; c < C; ++c) smooth += weight[c] * (log_sum - logits[c * L]);
+        long long t = target[i];
+        loss[i] = (1 - smoothing) * weight[t] * (log_sum - logits[t * L]) + smoothing / C * smooth;
+    }
+}
+
+/* grad[n, c, l] = factor * (S * softmax - coef), S = (1 - eps) w[t] + eps mean(w),
+   coef = (1 - eps) w[t] [c == t] + eps / C w[c]; factor is 0 where ignored. */
+extern "C" __global__ void cross_entropy_backward(const T* x, const long long* target, const T* weight,
+        const T* lse, const T* factor, T* grad, long long total, int C, long long L,
+        T smoothing, T mean_weight) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        long long n = i / ((long long)C * L), l = i % L;
+        int c = (i / L) % C;
+        long long pixel = n * L + l;
+        long long t = target[pixel];
+        T w_t = weight[t];
+        T scale = (1 - smoothing) * w_t + smoothing * mean_weight;
+        T coef = (c == t ? (1 - smoothing) * w_t : (T)0) + smoothing / C * weight[c];
+        grad[i] = factor[pixel] * (scale * exp(x[i] - lse[pixel]) - coef);
+    }
+}
 """
-KERNEL_NAMES = ("im2col", "col2im", "max_pool")
+KERNEL_NAMES = ("im2col", "col2im", "max_pool", "cross_entropy_forward", "cross_entropy_backward")
 
 
 def source_for(dtype):
@@ -159,3 +202,33 @@ def max_pool2d(x, kernel_size, stride, pad_before, dilation, out_size):
     _launch("max_pool", x, total, (x, out, index, np.int64(total), np.int32(h), np.int32(w),
                                    *_geometry(kernel_size, out_size, stride, pad_before, dilation)))
     return out, index
+
+
+def cross_entropy_forward(x, index, valid, class_weight, smoothing):
+    """Per-element loss and log-sum-exp of (N, C, d...) logits; ``index`` has ignored entries at 0."""
+    cp = backend.cupy()
+    x = cp.ascontiguousarray(x)
+    n, classes = x.shape[:2]
+    weight = cp.ones(classes, x.dtype) if class_weight is None else cp.ascontiguousarray(class_weight, x.dtype)
+    loss = cp.empty(index.shape, dtype=x.dtype)
+    lse = cp.empty(index.shape, dtype=x.dtype)
+    total, per_sample = loss.size, loss.size // max(n, 1)
+    _launch("cross_entropy_forward", x, total, (
+        x, cp.ascontiguousarray(index, np.int64), cp.ascontiguousarray(valid), weight, loss, lse,
+        np.int64(total), np.int32(classes), np.int64(per_sample), x.dtype.type(smoothing)))
+    return loss, lse
+
+
+def cross_entropy_backward(x, index, class_weight, lse, factor, smoothing):
+    """Gradient w.r.t. the logits, given the per-element upstream ``factor`` (0 where ignored)."""
+    cp = backend.cupy()
+    x = cp.ascontiguousarray(x)
+    classes = x.shape[1]
+    weight = cp.ones(classes, x.dtype) if class_weight is None else cp.ascontiguousarray(class_weight, x.dtype)
+    grad = cp.empty(x.shape, dtype=x.dtype)
+    total = grad.size
+    _launch("cross_entropy_backward", x, total, (
+        x, cp.ascontiguousarray(index, np.int64), weight, lse, cp.ascontiguousarray(factor, x.dtype), grad,
+        np.int64(total), np.int32(classes), np.int64(lse.size // max(x.shape[0], 1)),
+        x.dtype.type(smoothing), x.dtype.type(float(weight.mean()))))
+    return grad

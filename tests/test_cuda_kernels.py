@@ -20,7 +20,7 @@ from minigrad.functional.im2col import col2im, conv_output_size, im2col
 
 HOST_PRELUDE = r"""
 #include <cmath>
-using std::isnan;
+using std::isnan; using std::exp; using std::log;
 #define __global__
 struct Dim3 { long long x; };
 static const Dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
@@ -98,6 +98,42 @@ def test_max_pool_kernel_matches_numpy(host_kernels, shape, kernel, stride, pad,
                  ctypes.c_int(shape[2]), ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation))
     np.testing.assert_array_equal(got_indices, indices.numpy())
     np.testing.assert_array_equal(got_values, values.numpy())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_kernels_match_numpy(host_kernels, smoothing, weighted):
+    dtype, lib = host_kernels
+    c_scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    rng = np.random.default_rng(2)
+    n, classes, h, w = 2, 5, 3, 4
+    logits = (rng.standard_normal((n, classes, h, w)) * 3).astype(dtype)
+    target = rng.integers(0, classes, (n, h, w))
+    target[0, 1] = 255
+    weight = (rng.random(classes) + 0.5).astype(dtype) if weighted else None
+    upstream = rng.standard_normal((n, h, w)).astype(dtype)
+
+    x = mg.Tensor(logits, requires_grad=True)
+    expected = F.cross_entropy(x, mg.Tensor(target), weight=None if weight is None else mg.Tensor(weight),
+                               ignore_index=255, reduction="none", label_smoothing=smoothing)
+    expected.backward(upstream)
+
+    valid = target != 255
+    index = np.where(valid, target, 0).astype(np.int64)
+    weight_array = np.ones(classes, dtype) if weight is None else weight
+    loss, lse = np.full((n, h, w), np.nan, dtype), np.full((n, h, w), np.nan, dtype)
+    lib.cross_entropy_forward(_ptr(logits), _ptr(index), _ptr(valid), _ptr(weight_array), _ptr(loss), _ptr(lse),
+                              ctypes.c_longlong(loss.size), ctypes.c_int(classes), ctypes.c_longlong(h * w),
+                              c_scalar(smoothing))
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss, expected.numpy(), **tolerance)
+
+    factor = np.where(valid, upstream, 0).astype(dtype)
+    grad = np.full(logits.shape, np.nan, dtype)
+    lib.cross_entropy_backward(_ptr(logits), _ptr(index), _ptr(weight_array), _ptr(lse), _ptr(factor), _ptr(grad),
+                               ctypes.c_longlong(grad.size), ctypes.c_int(classes), ctypes.c_longlong(h * w),
+                               c_scalar(smoothing), c_scalar(weight_array.mean()))
+    np.testing.assert_allclose(grad, x.grad.numpy(), **tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -12,6 +12,7 @@ of integer class indices; an unbatched ``(C,)`` input takes a 0-d target.
 """
 import numpy as np
 
+from .. import cuda_kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
 from .activation import softmax
@@ -186,6 +187,10 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     class_weight = _class_weight(name, input, weight)
     index, valid, target_weight = _pick_targets(name, input, target, class_weight, ignore_index)
 
+    if cuda_kernels.usable(input.data):
+        out = _cross_entropy_cuda(input, index, valid, target_weight, class_weight, label_smoothing, reduction)
+        return _squeezed(out, reduction, squeeze)
+
     classes, smoothing = input.shape[1], label_smoothing
     # per-class weight broadcast against (N, C, d...): the smoothing term's weights
     per_class = 1.0 if class_weight is None else class_weight.reshape((1, classes) + (1,) * (input.ndim - 2))
@@ -205,6 +210,17 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             total_weight = total_weight + smoothing * (1.0 if class_weight is None else class_weight.mean())
         return (factor * (total_weight[:, None] * input.xp.exp(logp) - coef),)
     return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+def _cross_entropy_cuda(input, index, valid, target_weight, class_weight, smoothing, reduction):
+    """GPU fast path of ``cross_entropy``: the same formulas as one forward and one backward kernel."""
+    loss, lse = cuda_kernels.cross_entropy_forward(input.data, index, valid, class_weight, smoothing)
+    out, normaliser = _reduce(loss, target_weight, reduction)
+
+    def backward(g):
+        factor = _upstream_per_element(g, normaliser, valid)
+        return (cuda_kernels.cross_entropy_backward(input.data, index, class_weight, lse, factor, smoothing),)
+    return _result(out, (input,), backward)
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
