@@ -19,10 +19,16 @@ from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from .data import DataError, DataLoader, build_dataset
-from .data.transforms import EvalTransform
+from .predict import NetInputTransform, input_geometry
 from .recipes import SettingsError, parse_options
 
 IGNORE_INDEX = 255
+FIXED_SIZE_DATASETS = ("shapes", "idx-scenes")  # every image the same size: batches stack
+
+
+def eval_batch_size(dataset_name, batch_size):
+    """Evaluation batches: ``batch_size`` where every image has one size, else 1 (VOC, folders)."""
+    return batch_size if dataset_name in FIXED_SIZE_DATASETS else 1
 
 
 def evaluate(model, loader, num_classes, device, ignore_index=IGNORE_INDEX):
@@ -85,8 +91,8 @@ def build_parser():
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="dataset option, repeatable [default: the checkpoint's options]")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
-                   "(use 1 for datasets whose images differ in size)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass [default: 8 for shapes and "
+                   "idx-scenes, 1 for datasets whose images differ in size]")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run")
     p.add_argument("--output", help="JSON file to write [default: eval_<split>.json next to the checkpoint]")
     return p
@@ -104,7 +110,9 @@ def main(argv=None):
         meta = checkpoint["meta"]
         dataset = dataset_for(checkpoint, args)
         model = build_model_from_checkpoint(checkpoint, device=args.device)
-        loader = DataLoader(dataset, batch_size=args.batch_size, transform=EvalTransform(meta["mean"], meta["std"]))
+        transform = NetInputTransform(meta["mean"], meta["std"], input_geometry(meta["model"]))
+        batch_size = args.batch_size or eval_batch_size(dataset.name, 8)
+        loader = DataLoader(dataset, batch_size=batch_size, transform=transform)
         matrix = confusion_matrix(model, loader, len(meta["classes"]), args.device)
     except (CheckpointError, SettingsError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

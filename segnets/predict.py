@@ -11,6 +11,7 @@ normalisation it was trained with, so nothing else is needed.
 """
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +20,97 @@ import minigrad
 from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .data.transforms import normalize, pad_bottom_right
 from .visualize import colorize, overlay, save_png
 
+IGNORE_INDEX = 255
 
-def predict_mask(model, image, mean, std, device="cpu", multiple=None):
-    """(H, W) int64 class indices for one uint8 (H, W, 3) image, at the image's size.
 
-    The image is padded at the bottom/right to a multiple of ``multiple`` (the
-    net's ``input_multiple`` when not given: DeconvNet's unpooling needs sizes
-    divisible by 32), the logits are cropped back. A net whose output is smaller
-    than its input (U-Net with unpadded convs) predicts the centre of the image;
-    the border it cannot see is filled with the nearest prediction.
+@dataclass(frozen=True)
+class InputGeometry:
+    """Which input sizes a net accepts and how much smaller its output is.
+
+    Valid sizes are ``first + k * step``; the output loses ``margin`` pixels on every
+    side (only U-Net with unpadded convs: 92, so 572 -> 388).
     """
-    from .data.transforms import EvalTransform
+    first: int
+    step: int
+    margin: int = 0
+
+    def accepts(self, n):
+        return n >= self.first and (n - self.first) % self.step == 0
+
+    def valid_size(self, n):
+        """The smallest valid input size that holds ``n`` pixels plus the margins."""
+        n += 2 * self.margin
+        return self.first if n <= self.first else self.first + -(-(n - self.first) // self.step) * self.step
+
+
+def input_geometry(config):
+    """The InputGeometry of the net described by a model config (``model.config``).
+
+    The rules are the nets' own (see each net's docstring): DeconvNet needs
+    multiples of 32 of at least 32 * fc_kernel; U-Net multiples of 16 ('same') or
+    124 mod 16 from 188 ('valid'); FCN takes any size (>= 32 keeps pool5 useful).
+    """
+    name = config["name"]
+    if name == "deconvnet":
+        return InputGeometry(32 * config.get("fc_kernel", 7), 32)
+    if name == "unet":
+        return InputGeometry(188, 16, margin=92) if config.get("padding", "valid") == "valid" else InputGeometry(16, 16)
+    return InputGeometry(32, 1)
+
+
+def fit_to_net(image, mask, geometry, fill_colour, ignore_index=IGNORE_INDEX):
+    """Pad an image (and its mask) to a size the net accepts, so the net's output covers the whole image.
+
+    The margin a shrinking net loses is filled by mirroring the image (U-Net's
+    overlap-tile strategy) and with ``ignore_index`` in the mask; the rest goes to
+    the bottom/right (mean colour, ignore). Cropping the mask to the output's centre
+    then gives the original mask, bottom/right padding marked ignore.
+    """
+    m = geometry.margin
+    if m:
+        image = np.pad(image, ((m, m), (m, m), (0, 0)), mode="reflect")
+        mask = None if mask is None else np.pad(mask, m, constant_values=ignore_index)
     height, width = image.shape[:2]
-    multiple = multiple or getattr(model, "input_multiple", None)
-    x, _ = EvalTransform(mean, std, multiple=multiple)(image)
+    size = (geometry.valid_size(height - 2 * m), geometry.valid_size(width - 2 * m))
+    return pad_bottom_right(image, mask, size, fill_colour, ignore_index)
+
+
+class NetInputTransform:
+    """Evaluation transform: fit the image to the net's valid sizes (``fit_to_net``), then normalise.
+
+    Called like the data transforms: ``t(image, mask, rng) -> (float32 (3, H', W'), int64 (H', W'))``.
+    """
+
+    def __init__(self, mean, std, geometry, ignore_index=IGNORE_INDEX):
+        self.mean, self.std, self.geometry, self.ignore_index = mean, std, geometry, ignore_index
+        self.fill_colour = np.clip(np.round(np.asarray(mean) * 255.0), 0, 255).astype(np.uint8)
+
+    def __call__(self, image, mask=None, rng=None):
+        image, mask = fit_to_net(image, mask, self.geometry, self.fill_colour, self.ignore_index)
+        return normalize(image, self.mean, self.std), None if mask is None else mask.astype(np.int64)
+
+
+def predict_mask(model, image, mean, std, device="cpu", geometry=None):
+    """(H, W) int64 class indices for one uint8 (H, W, 3) image, at the image's own size.
+
+    The image is fitted to a size the net accepts (``fit_to_net``: mirrored margins
+    for U-Net 'valid', padding at the bottom/right), and the logits are cropped back
+    to the image. ``geometry`` defaults to the one of ``model.config``.
+    """
+    height, width = image.shape[:2]
+    geometry = geometry or input_geometry(model.config)
+    x, _ = NetInputTransform(mean, std, geometry)(image)
     model.eval()
     with minigrad.no_grad():
         logits = model(minigrad.Tensor(x[None], device=device))
     prediction = backend.to_numpy(logits.data[0].argmax(axis=0)).astype(np.int64)
-    padded_h, padded_w = x.shape[1:]
-    if prediction.shape == (padded_h, padded_w):
-        return prediction[:height, :width]  # the padding sits at the bottom/right
-    return _fill_from_centre(prediction, (padded_h, padded_w))[:height, :width]
-
-
-def _fill_from_centre(prediction, size):
-    """Place a centred smaller prediction in ``size``, the border copied from its nearest edge pixel."""
-    pad_h, pad_w = size[0] - prediction.shape[0], size[1] - prediction.shape[1]
-    top, left = pad_h // 2, pad_w // 2
-    return np.pad(prediction, ((top, pad_h - top), (left, pad_w - left)), mode="edge")
+    if prediction.shape[0] < height or prediction.shape[1] < width:
+        raise ValueError(f"predict_mask: the net's {prediction.shape} output does not cover the "
+                         f"{height}x{width} image (input {x.shape[1:]}, geometry {geometry})")
+    return prediction[:height, :width]
 
 
 def output_stems(paths):

@@ -35,7 +35,8 @@ COMMON = {
     "flip": True,
     "class_weights": "none",
     "seed": 0,
-    "preview_images": 4,        # val images shown in predictions/epoch_NNN.png
+    "preview_images": 4,
+    "prefetch": 2,              # training batches prepared ahead in a thread (same batches either way)        # val images shown in predictions/epoch_NNN.png
 }
 
 RECIPES = {

@@ -4,7 +4,7 @@ A training step, from the command line down to the ops:
 
     main()                      parse flags; settings = recipe for --net, then the flags on top
     train(settings)
-      build_data()              datasets -> mean/std -> TrainTransform/EvalTransform -> DataLoaders
+      build_data()              datasets -> mean/std -> TrainTransform/NetInputTransform -> DataLoaders
       build_net()               segnets.build_model -> minigrad.nn modules (Conv2d calls
                                 minigrad.functional.conv2d: im2col + one matmul)
       build_optimizer()         SGD / Adam / AdamW over the parameters that require grad
@@ -60,7 +60,7 @@ from minigrad import backend
 
 from . import recipes
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from .evaluate import center_crop, confusion_matrix, evaluate, metrics_dict, to_tensor
+from .evaluate import center_crop, confusion_matrix, eval_batch_size, evaluate, metrics_dict, to_tensor
 from .recipes import SettingsError, parse_options
 from .visualize import prediction_grid, save_png
 
@@ -205,7 +205,6 @@ class Data:
     val_set: object
     train_loader: object
     val_loader: object
-    val_transform: object
     classes: list
     mean: list
     std: list
@@ -215,15 +214,18 @@ class Data:
 def build_data(settings, mean=None, std=None):
     """Datasets, normalisation, transforms and loaders; mean/std from the training images unless given."""
     from .data import DataLoader, build_dataset
-    from .data.transforms import EvalTransform, TrainTransform, compute_mean_std
+    from .data.transforms import TrainTransform, compute_mean_std
+    from .predict import NetInputTransform, input_geometry
 
     name, options = settings["dataset"], dict(settings["data_options"])
-    train_set = build_dataset(name, "train", data_dir=settings["data_dir"], seed=settings["seed"], **options)
-    val_set = build_dataset(name, "val", data_dir=settings["data_dir"], seed=settings["seed"], **options)
-    if name != "shapes":  # file datasets: report every bad file before spending time on training
-        for dataset in (train_set, val_set):
-            if hasattr(dataset, "validate"):
-                dataset.validate()
+    try:
+        train_set = build_dataset(name, "train", data_dir=settings["data_dir"], seed=settings["seed"], **options)
+        val_set = build_dataset(name, "val", data_dir=settings["data_dir"], seed=settings["seed"], **options)
+        if name != "shapes":  # file datasets: report every bad file before spending time on training
+            train_set.validate()
+            val_set.validate()
+    except (TypeError, ValueError) as e:  # DataError is a ValueError; TypeError: an unknown --data-opt
+        raise SettingsError(f"--dataset {name} (data dir {settings['data_dir']}, options {options}): {e}") from e
     if len(train_set) < settings["batch_size"]:
         raise SettingsError(f"--batch-size {settings['batch_size']} is larger than the training set "
                             f"({len(train_set)} images); the last partial batch is dropped, so no step would run")
@@ -232,16 +234,20 @@ def build_data(settings, mean=None, std=None):
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     train_transform = TrainTransform(crop_size=settings["crop_size"], scale_range=tuple(settings["scale_range"]),
                                      flip=settings["flip"], mean=mean, std=std, ignore_index=IGNORE_INDEX)
-    val_transform = EvalTransform(mean=mean, std=std)
-    train_loader = DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True,
-                              transform=train_transform, seed=settings["seed"], drop_last=True)
-    val_loader = DataLoader(val_set, batch_size=settings["batch_size"], shuffle=False,
+    geometry = input_geometry({"name": settings["net"], **settings["model_options"]})
+    if not geometry.accepts(settings["crop_size"]):
+        raise SettingsError(f"--crop-size {settings['crop_size']} does not fit {settings['net']} "
+                            f"{settings['model_options']}: its inputs must be {geometry.first} + k * "
+                            f"{geometry.step} pixels; the nearest is {geometry.valid_size(settings['crop_size'])}")
+    val_transform = NetInputTransform(mean, std, geometry)  # padded to a size the net takes
+    train_loader = DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True, drop_last=True,
+                              transform=train_transform, seed=settings["seed"], prefetch=settings["prefetch"])
+    val_loader = DataLoader(val_set, batch_size=eval_batch_size(name, settings["batch_size"]),
                             transform=val_transform, seed=settings["seed"])
     weights = None
     if settings["class_weights"] == "median-freq":
         weights = median_frequency_weights(train_set, train_set.num_classes)
-    return Data(train_set, val_set, train_loader, val_loader, val_transform, list(train_set.classes),
-                mean, std, weights)
+    return Data(train_set, val_set, train_loader, val_loader, list(train_set.classes), mean, std, weights)
 
 
 def median_frequency_weights(dataset, num_classes, ignore_index=IGNORE_INDEX):
