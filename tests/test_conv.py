@@ -79,7 +79,7 @@ def test_conv_transpose2d_channels_groups_and_bias_by_hand():
     w = t(np.array([[10.0, 20.0], [30.0, 40.0]]).reshape(2, 2, 1, 1))   # (C_in, C_out, 1, 1)
     out = conv_transpose2d(x, w, t([1.0, -1.0]))
     np.testing.assert_array_equal(out.numpy().ravel(), [1 * 10 + 2 * 30 + 1, 1 * 20 + 2 * 40 - 1])
-    grouped = conv_transpose2d(x, t(np.array([10.0, 30.0]).reshape(2, 1, 1, 1)), groups=2)
+    grouped = conv_transpose2d(x, t(np.array([10.0, 30.0]).reshape(2, 1, 1, 1)), groups=np.int64(2))
     np.testing.assert_array_equal(grouped.numpy().ravel(), [10, 60])
 
 
@@ -148,17 +148,21 @@ def _counting(monkeypatch, name):
     return calls
 
 
-def test_backward_computes_only_what_is_asked(monkeypatch):
+@pytest.mark.parametrize("stride", [1, 2])   # stride 1 scatters with col2im_wide, others with col2im
+def test_backward_computes_only_what_is_asked(monkeypatch, stride):
     rng = np.random.default_rng(4)
-    im2col_calls, col2im_calls = _counting(monkeypatch, "im2col"), _counting(monkeypatch, "col2im")
+    im2col_calls = _counting(monkeypatch, "im2col")
+    col2im_calls = _counting(monkeypatch, "col2im")
+    original_wide = conv_module.col2im_wide
+    monkeypatch.setattr(conv_module, "col2im_wide", lambda *a, **k: col2im_calls.append("wide") or original_wide(*a, **k))
     x, w = t(rng.standard_normal((2, 3, 5, 5)), True), t(rng.standard_normal((4, 3, 3, 3)))
-    out = conv2d(x, w, padding=1)
+    out = conv2d(x, w, padding=1, stride=stride)
     forward_im2cols = len(im2col_calls)
     out.sum().backward()
     assert len(im2col_calls) == forward_im2cols and len(col2im_calls) == 1 and w.grad is None
     x, w = t(rng.standard_normal((2, 3, 5, 5))), t(rng.standard_normal((4, 3, 3, 3)), True)
     col2im_calls.clear()
-    conv2d(x, w, padding=1).sum().backward()
+    conv2d(x, w, padding=1, stride=stride).sum().backward()
     assert col2im_calls == [] and x.grad is None and w.grad is not None
 
 
@@ -374,6 +378,7 @@ def _on_fake_gpu(tensor):
     (lambda: conv2d(_x(), _x((2, 3, 3, 3))), ["input has 4 channels", "(2, 3, 3, 3)"]),
     (lambda: conv2d(_x(), _x((3, 2, 3, 3)), groups=2), ["groups=2", "output channels", "(3)"]),
     (lambda: conv2d(_x((1, 3, 5, 5)), _x((2, 1, 3, 3)), groups=2), ["groups=2", "input channels", "(3)"]),
+    (lambda: conv2d(_x(), _x((2, 4, 3, 3)), groups=0), ["groups", "positive", "0"]),
     (lambda: conv2d(_x(), _x((2, 4, 7, 3))), ["kernel", "(7, 3)", "input (5, 5)"]),
     (lambda: conv2d(_x(), _x((2, 4, 3, 3)), dilation=3), ["kernel", "dilation (3, 3)", "larger"]),
     (lambda: conv2d(_x(), _x((2, 4, 3, 3)), _x((3,))), ["bias", "(2,)", "(3,)"]),

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigrad.functional.im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
+from minigrad.functional.im2col import (col2im, col2im_wide, conv_output_size, conv_transpose_output_size, im2col,
+                                        pair, wide_width)
 from tests.helpers import require_torch
 
 
@@ -125,6 +126,28 @@ def test_col2im_is_the_adjoint_of_im2col(geom, seed):
     back = col2im(c, geom["input_size"], geom["stride"], geom["pad_before"], geom["dilation"])
     assert back.shape == x.shape
     np.testing.assert_allclose((col * c).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
+
+
+@given(geometries(), st.integers(0, 2 ** 31), st.integers(0, 2))
+def test_col2im_wide_matches_col2im_for_stride_1(geom, seed, extra_width):
+    """Wide columns: rows padded with zeros to the image pitch; the result must not change."""
+    rng = np.random.default_rng(seed)
+    (h, w), (oh, ow), (kh, kw) = geom["input_size"], geom["out_size"], geom["kernel_size"]
+    pad, dil = geom["pad_before"], geom["dilation"]
+    oh, ow = oh + extra_width % 2, ow + extra_width // 2   # also column sides larger than the conv's
+    col = rng.standard_normal((2, 3, kh, kw, oh, ow))
+    pitch = wide_width(w, ow, kw, pad[1], dil[1])
+    wide = np.zeros(col.shape[:5] + (pitch,))
+    wide[..., :ow] = col
+    np.testing.assert_allclose(col2im_wide(wide, (h, w), pad, dil), col2im(col, (h, w), (1, 1), pad, dil),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_wide_by_hand():
+    col = np.zeros((1, 1, 1, 2, 2, 4))        # kernel 1x2, output 2x2, pitch 4 (two zero columns)
+    col[..., :2] = [[1, 2], [3, 4]]
+    out = col2im_wide(col, (2, 3), (0, 0), (1, 1))
+    np.testing.assert_array_equal(out[0, 0], [[1, 3, 2], [3, 7, 4]])   # taps (0,0) and (0,1) overlap
 
 
 @pytest.mark.torch
