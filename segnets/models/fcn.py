@@ -13,7 +13,8 @@ layer's coordinate map x_in = stride * x_out + (kernel - 1) / 2 - padding
 and fc6 use 'same' padding and each k = 2f, stride-f upsampler is padded by f/2,
 so every map's pixel (0, 0) sits over input pixel (0, 0): all crops are at
 offset 0 and only cut the bottom/right overhang that ceil-mode pooling adds.
-Either way the output is N x num_classes x H x W for any H, W >= 1.
+Either way the output is N x num_classes x H x W for any H, W >= 32 (smaller
+too: any size with pad100, >= 17 without, where pool5 must still see 2 rows).
 
 Upsampling. Transposed convs without bias, initialised to bilinear interpolation
 on the channel diagonal. They are Parameters, so ``num_parameters()`` counts them
