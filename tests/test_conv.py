@@ -303,6 +303,16 @@ def test_conv_transpose2d_matches_torch(dtype, torch_one_thread):
         _compare_with_torch(conv_transpose2d, torch.nn.functional.conv_transpose2d, x, w, has_bias, dtype, kwargs, 6)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("kwargs", [dict(stride=9, padding=4), dict(stride=9, padding=(0, 2), output_padding=(3, 1))], ids=str)
+def test_large_kernel_upsampling_matches_torch(kwargs, torch_one_thread):
+    """FCN-style upsampling (kernel twice the stride): col2im goes by phase block, not tap by tap."""
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((2, 3, 3, 4)), rng.standard_normal((3, 2, 18, 18))
+    _compare_with_torch(conv_transpose2d, torch_one_thread.nn.functional.conv_transpose2d, x, w, True,
+                        np.float64, kwargs, 2)
+
+
 # ---------------------------------------------------------------------------- dtype and chunking
 @pytest.mark.parametrize("op, wshape", [(conv2d, (4, 3, 3, 3)), (conv_transpose2d, (3, 4, 3, 3))])
 def test_float32_stays_float32(op, wshape):

@@ -143,6 +143,38 @@ def test_col2im_wide_matches_col2im_for_stride_1(geom, seed, extra_width):
                                rtol=1e-12, atol=1e-12)
 
 
+@given(geometries(), st.integers(0, 2 ** 31))
+def test_col2im_by_phase_matches_tap_by_tap(geom, seed):
+    """Both col2im paths on the same columns (the phase path is taken only without dilation)."""
+    from minigrad.functional import im2col as module
+    rng = np.random.default_rng(seed)
+    col = rng.standard_normal((2, 3) + geom["kernel_size"] + geom["out_size"])
+    args = (col, geom["input_size"], geom["stride"], geom["pad_before"], (1, 1))
+    previous = module._PHASE_MIN_TAPS_PER_BLOCK
+    try:
+        module._PHASE_MIN_TAPS_PER_BLOCK = 0
+        by_phase = col2im(*args)
+        module._PHASE_MIN_TAPS_PER_BLOCK = 10 ** 9
+        by_tap = col2im(*args)
+    finally:
+        module._PHASE_MIN_TAPS_PER_BLOCK = previous
+    np.testing.assert_allclose(by_phase, by_tap, rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_large_kernel_goes_by_phase_by_hand(monkeypatch):
+    from minigrad.functional import im2col as module
+    calls = []
+    original = module._col2im_by_phase
+    monkeypatch.setattr(module, "_col2im_by_phase", lambda *a: calls.append(1) or original(*a))
+    # kernel 17x17 stride 9: 289 taps in 4 blocks; two windows side by side
+    col = np.zeros((1, 1, 17, 17, 1, 2))
+    col[..., 0], col[..., 1] = 1.0, 2.0
+    out = col2im(col, (17, 26), (9, 9), (0, 0), (1, 1))
+    assert calls == [1]
+    expected_row = [1.0] * 9 + [3.0] * 8 + [2.0] * 9   # columns 9..16 lie in both windows
+    np.testing.assert_array_equal(out[0, 0], np.tile(expected_row, (17, 1)))
+
+
 def test_col2im_wide_by_hand():
     col = np.zeros((1, 1, 1, 2, 2, 4))        # kernel 1x2, output 2x2, pitch 4 (two zero columns)
     col[..., :2] = [[1, 2], [3, 4]]
