@@ -141,8 +141,9 @@ def test_conv_transpose2d_gradcheck(kwargs, bias):
     gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, **kwargs), [x, w, b])
 
 
-def _counting(monkeypatch, name):
-    calls = []
+def _counting(monkeypatch, name, calls=None):
+    """Spy on ``conv_module.<name>``: appends to ``calls`` (a new list unless given) on every call."""
+    calls = [] if calls is None else calls
     original = getattr(conv_module, name)
     monkeypatch.setattr(conv_module, name, lambda *a, **k: calls.append(name) or original(*a, **k))
     return calls
@@ -152,9 +153,7 @@ def _counting(monkeypatch, name):
 def test_backward_computes_only_what_is_asked(monkeypatch, stride):
     rng = np.random.default_rng(4)
     im2col_calls = _counting(monkeypatch, "im2col")
-    col2im_calls = _counting(monkeypatch, "col2im")
-    original_wide = conv_module.col2im_wide
-    monkeypatch.setattr(conv_module, "col2im_wide", lambda *a, **k: col2im_calls.append("wide") or original_wide(*a, **k))
+    col2im_calls = _counting(monkeypatch, "col2im_wide", _counting(monkeypatch, "col2im"))
     x, w = t(rng.standard_normal((2, 3, 5, 5)), True), t(rng.standard_normal((4, 3, 3, 3)))
     out = conv2d(x, w, padding=1, stride=stride)
     forward_im2cols = len(im2col_calls)
@@ -304,7 +303,8 @@ def test_conv_transpose2d_matches_torch(dtype, torch_one_thread):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("kwargs", [dict(stride=9, padding=4), dict(stride=9, padding=(0, 2), output_padding=(3, 1))], ids=str)
+@pytest.mark.parametrize("kwargs", [dict(stride=9, padding=4),
+                                    dict(stride=9, padding=(0, 2), output_padding=(3, 1))], ids=str)
 def test_large_kernel_upsampling_matches_torch(kwargs, torch_one_thread):
     """FCN-style upsampling (kernel twice the stride): col2im goes by phase block, not tap by tap."""
     rng = np.random.default_rng(10)
