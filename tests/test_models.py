@@ -167,11 +167,25 @@ def test_unet_output_size(options, size, out_size):
     ("unet", {}, (572, 570), r"width 570: nearest valid 556 or 572"),
     ("unet", {}, (100, 188), r"height 100: nearest valid 188"),
     ("unet", {"padding": "same"}, (50, 64), r"height 50: nearest valid 48 or 64"),
+    ("fcn8s", {"pad100": False}, (16, 40), r"height 16: nearest valid 17"),
 ])
 def test_invalid_sizes_name_the_nearest_valid_ones(name, options, size, message):
     model = segnets.build_model(name, 2, width=1, **options)
     with pytest.raises(ValueError, match=message):
         model(minigrad.Tensor(np.zeros((1, 3) + size, np.float32)))
+
+
+@pytest.mark.parametrize("name, options, rule", [
+    ("fcn16s", {}, (1, 1, 0)),
+    ("fcn16s", {"pad100": False}, (17, 1, 0)),
+    ("deconvnet", {"fc_kernel": 3}, (96, 32, 0)),
+    ("unet", {}, (188, 16, 92)),
+    ("unet", {"padding": "same"}, (16, 16, 0)),
+])
+def test_size_rule(name, options, rule):
+    size_rule = segnets.build_model(name, 2, width=1, **options).size_rule()
+    assert tuple(size_rule[:3]) == rule
+    assert size_rule.accepts(rule[0] + 5 * rule[1]) and not size_rule.accepts(rule[0] - 1)
 
 
 def test_nearest_valid():
@@ -311,11 +325,11 @@ def test_deconvnet_unpooling_puts_values_at_the_switches():
 
 # ---------------------------------------------------------------- gradients reach every parameter
 @pytest.mark.parametrize("name, options, size", [
-    ("fcn32s", {"learn_upsampling": True}, (40, 36)),
+    ("fcn32s", {"learn_upsampling": True, "pad100": False}, (40, 36)),
     ("fcn16s", {"pad100": False}, (40, 36)),
     ("fcn8s", {}, (33, 40)),
     ("deconvnet", {"fc_kernel": 1}, (64, 64)),
-    ("unet", {}, (188, 204)),
+    ("unet", {}, (188, 188)),
     ("unet", {"padding": "same", "batch_norm": True}, (32, 48)),
 ])
 def test_gradients_reach_every_parameter(name, options, size):
@@ -409,8 +423,8 @@ def test_vgg16_bn_folds_into_fcn_without_changing_the_function():
     folded = segnets.build_model("fcn32s", 3, width=1, pad100=False).to(np.float64).eval()
     segnets.load_torch_state_dict(folded, state, strict=False)
     with_bn = segnets.build_model("deconvnet", 3, width=1, fc_kernel=2).to(np.float64).eval()
-    trunk = {k: v for k, v in state.items() if k.startswith("features.")}
-    segnets.load_torch_state_dict(with_bn, trunk, strict=False)
+    _, unexpected = segnets.load_torch_state_dict(with_bn, state, strict=False)
+    assert unexpected == [f"classifier.{i}.{p}" for i in (0, 6) for p in ("weight", "bias")]  # fc6 is 2x2 here
     x = tensor(rng, (1, 3, 64, 64))
     outputs = {}
     _record(folded.pool5, outputs, "folded")

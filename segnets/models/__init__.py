@@ -6,7 +6,7 @@
 """
 import inspect
 
-from .common import SegmentationNet, summary
+from .common import SegmentationNet, SizeRule, summary
 from .deconvnet import DeconvNet
 from .fcn import FCN8s, FCN16s, FCN32s
 from .unet import UNet
@@ -53,5 +53,5 @@ def _model_class(name):
     return _CLASSES[name]
 
 
-__all__ = ["MODELS", "build_model", "options_of", "load_torch_state_dict", "summary", "SegmentationNet",
+__all__ = ["MODELS", "build_model", "options_of", "load_torch_state_dict", "summary", "SegmentationNet", "SizeRule",
            "FCN32s", "FCN16s", "FCN8s", "DeconvNet", "UNet"]

@@ -1,12 +1,28 @@
 """What every segmentation net shares: its config, input checks, crops and ``summary``."""
+from collections import namedtuple
+
 import numpy as np
 
 import minigrad
 from minigrad import nn
 
 
+class SizeRule(namedtuple("SizeRule", "first step margin why")):
+    """Valid input sizes are ``first + k * step`` (k >= 0), per axis; the output is
+    ``margin`` pixels smaller on every side (U-Net with unpadded convs); ``why`` says
+    where the rule comes from."""
+
+    def accepts(self, n):
+        return n >= self.first and (n - self.first) % self.step == 0
+
+    def nearest(self, n):
+        """The valid sizes just below and just above ``n`` (only ``first`` when ``n`` <= ``first``)."""
+        return nearest_valid(n, self.first, self.step)
+
+
 class SegmentationNet(nn.Module):
-    """Base class: ``forward(x)`` maps (N, in_channels, H, W) images to (N, num_classes, H, W) logits.
+    """Base class: ``forward(x)`` maps (N, in_channels, H, W) images to (N, num_classes, H', W') logits,
+    H' = H - 2 * margin of ``size_rule()`` (H itself but for U-Net with padding='valid').
 
     ``config`` is everything ``segnets.build_model(**config)`` needs to rebuild the
     net (name, num_classes, in_channels, width and every option), so a checkpoint
@@ -24,11 +40,22 @@ class SegmentationNet(nn.Module):
         self.config = {"name": self.name, "num_classes": num_classes, "in_channels": in_channels,
                        "width": width, **options}
 
+    def size_rule(self):
+        """The input sizes this net accepts, as a ``SizeRule``."""
+        raise NotImplementedError
+
     def check_input(self, x):
-        """(H, W) of ``x``, or a ValueError naming the expected shape."""
+        """(H, W) of ``x``, or a ValueError naming the expected shape or the nearest valid sizes."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self.name}: input must have shape (N, {self.in_channels}, H, W), got {x.shape}")
-        return x.shape[2], x.shape[3]
+        size = x.shape[2], x.shape[3]
+        rule = self.size_rule()
+        bad = [(axis, n) for axis, n in zip(("height", "width"), size) if not rule.accepts(n)]
+        if bad:
+            hints = "; ".join(f"{axis} {n}: nearest valid {' or '.join(map(str, rule.nearest(n)))}"
+                              for axis, n in bad)
+            raise ValueError(f"{self.name}: input size {size[0]}x{size[1]} is not valid ({rule.why}); {hints}")
+        return size
 
     def summary(self, input_size, batch_size=1, print_fn=print):
         """Print (and return) each layer's output shape for an input of ``input_size``, and the totals."""
@@ -52,16 +79,6 @@ def crop(x, top, left, size):
 def center_crop(x, size):
     """The central ``size`` window of ``x`` (the extra pixel of an odd margin goes bottom/right)."""
     return crop(x, (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2, size)
-
-
-def check_input_size(net, size, first, step, rule):
-    """Raise a ValueError unless each of ``size`` is ``first + k * step`` (k >= 0); name the nearest valid sizes."""
-    bad = [(axis, n) for axis, n in zip(("height", "width"), size) if n < first or (n - first) % step]
-    if not bad:
-        return
-    hints = "; ".join(f"{axis} {n}: nearest valid {' or '.join(map(str, nearest_valid(n, first, step)))}"
-                      for axis, n in bad)
-    raise ValueError(f"{net}: input size {size[0]}x{size[1]} is not valid ({rule}); {hints}")
 
 
 def nearest_valid(n, first, step):

@@ -25,7 +25,7 @@ init is PyTorch's default (the paper starts the encoder from ImageNet VGG16, see
 from minigrad import functional as F
 from minigrad import nn
 
-from .common import SegmentationNet, check_input_size, check_int
+from .common import SegmentationNet, SizeRule, check_int
 from .vgg import add_vgg16_convs, vgg16_names, vgg16_stage
 
 # Per decoder stage (deepest first): its number and the width multiplier of each transposed conv.
@@ -56,10 +56,12 @@ class DeconvNet(SegmentationNet):
                 channels = width * mult
         self.seg_score = nn.Conv2d(channels, num_classes, 1)
 
+    def size_rule(self):
+        first = 32 * self.fc_kernel
+        return SizeRule(first, 32, 0, f"multiples of 32, at least 32 * fc_kernel = {first}")
+
     def forward(self, x):
-        size = self.check_input(x)
-        check_input_size(self.name, size, 32 * self.fc_kernel, 32,
-                         f"multiples of 32, at least 32 * fc_kernel = {32 * self.fc_kernel}")
+        self.check_input(x)
         switches = {}
         for stage, names in enumerate(vgg16_names(), start=1):
             x = vgg16_stage(self, x, names, batch_norm=True)

@@ -30,7 +30,7 @@ has no pool3/pool4 score scaling (that is the "at-once" variant).
 from minigrad import functional as F
 from minigrad import nn
 
-from .common import SegmentationNet, check_bool, check_int, crop
+from .common import SegmentationNet, SizeRule, check_bool, check_int, crop
 from .vgg import add_vgg16_convs, vgg16_names, vgg16_stage
 
 # Crop offsets with pad100=True and the 7x7 fc6. For FCN-32s: pool5 pixel f sits over
@@ -81,6 +81,11 @@ class FCN(SegmentationNet):
         nn.init.bilinear_(layer.weight)
         layer.weight.requires_grad_(self.learn_upsampling)
         return layer
+
+    def size_rule(self):
+        if self.pad100:
+            return SizeRule(1, 1, 0, "any size")
+        return SizeRule(17, 1, 0, "without pad100 pool5 must see 2 rows: at least 17")
 
     def offsets(self):
         """The crop offsets, one per skip fusion then the final crop."""

@@ -26,7 +26,7 @@ from minigrad import functional as F
 from minigrad import nn
 import minigrad
 
-from .common import SegmentationNet, center_crop, check_bool, check_input_size
+from .common import SegmentationNet, SizeRule, center_crop, check_bool
 
 PADDINGS = ("valid", "same")
 
@@ -81,14 +81,13 @@ class UNet(SegmentationNet):
                 continue
             nn.init.zeros_(module.bias)
 
-    def check_size(self, size):
-        if self.padding == "valid":
-            check_input_size(self.name, size, 188, 16, "with padding='valid' sizes are 124 mod 16 and >= 188")
-        else:
-            check_input_size(self.name, size, 16, 16, "with padding='same' sizes are multiples of 16")
+    def size_rule(self):
+        if self.padding == "valid":  # 188 - 184 = 4: the smallest input that leaves an output
+            return SizeRule(188, 16, 92, "with padding='valid' every pool must see an even size: 124 mod 16, >= 188")
+        return SizeRule(16, 16, 0, "with padding='same' every pool must see an even size: multiples of 16")
 
     def forward(self, x):
-        self.check_size(self.check_input(x))
+        self.check_input(x)
         skips = []
         for level in range(1, 5):
             x = getattr(self, f"enc{level}")(x)

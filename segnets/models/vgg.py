@@ -74,23 +74,24 @@ def translate_torchvision_vgg16(state_dict, target_shapes, net_has_batch_norm):
       net without batch norm (FCN) has each BN folded into its conv, which is exact
       for the eval-mode network;
     * ``classifier.0`` / ``classifier.3`` (the fully connected fc6/fc7) -> our
-      convolutional ``fc6`` / ``fc7``, reshaped (FCN's "convolutionalization");
-      needs fc_kernel=7 and width=64, else the size check of ``load_state_dict`` says so;
-    * ``classifier.6`` (the 1000 ImageNet classes) has no counterpart and stays as is,
-      so it is reported as unexpected.
-    Other keys pass through unchanged.
+      convolutional ``fc6`` / ``fc7``, reshaped (FCN's "convolutionalization"), when
+      the sizes agree (fc_kernel=7, width=64); otherwise they keep their names;
+    * ``classifier.6`` (the 1000 ImageNet classes) has no counterpart and keeps its name.
+    Keys that keep their names are reported as unexpected by ``load_state_dict``.
+    A ``features`` weight of the wrong size (another width) is a size-mismatch error.
     """
     source_bn = any(key.startswith("features.1.") for key in state_dict)
-    layers = torchvision_vgg16_layers(source_bn)
-    layers.update({"classifier.0": "fc6", "classifier.3": "fc7"})
+    features = torchvision_vgg16_layers(source_bn)
+    classifier = {module: ours for module, ours in (("classifier.0", "fc6"), ("classifier.3", "fc7"))
+                  if np.size(state_dict.get(f"{module}.weight")) == np.prod(target_shapes.get(f"{ours}.weight", 0))}
     out = {}
     for key, value in state_dict.items():
         module, _, field = key.rpartition(".")
-        name = f"{layers[module]}.{field}" if module in layers else key
         value = np.asarray(value)
-        shape = target_shapes.get(name)
-        if shape is not None and value.shape != shape and value.size == int(np.prod(shape)):
-            value = value.reshape(shape)
+        name = f"{features[module]}.{field}" if module in features else key
+        if module in classifier:
+            name = f"{classifier[module]}.{field}"
+            value = value.reshape(target_shapes[name])
         out[name] = value
     if source_bn and not net_has_batch_norm:
         _fold_batch_norms(out)
