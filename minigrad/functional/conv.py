@@ -26,6 +26,8 @@ no cuDNN-style algorithm choice, the result is deterministic on CPU.
 import operator
 from collections import namedtuple
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..tensor import Tensor, _result
 from .im2col import col2im, col2im_wide, conv_output_size, conv_transpose_output_size, im2col, pair, wide_width
@@ -134,7 +136,7 @@ def _conv_transpose_array(y, w, geom):
     w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)
     for batch, rows, window, tile in _tiles(n, c, geom, w.dtype):
         y_tile = y[batch, :, rows]
-        pitch = _wide_pitch(tile, o // g)
+        pitch = _wide_pitch(tile, o // g, on_cpu=xp is np)
         if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
             y_tile = _pad_right(y_tile, pitch)
         col = xp.matmul(w_t, y_tile.reshape(y_tile.shape[0], g, o // g, -1))
@@ -147,14 +149,15 @@ def _conv_transpose_array(y, w, geom):
     return out
 
 
-def _wide_pitch(tile, channels_per_group):
+def _wide_pitch(tile, channels_per_group, on_cpu):
     """Row pitch for ``col2im_wide`` when it pays off, else None (strided ``col2im``).
 
-    Only for stride 1. Padding the rows costs (pitch - OW) / OW more matrix product, which
-    grows with the channels; the flat adds save ~0.6 ns per column entry. Measured on
-    OpenBLAS: a win for (8, 64, 64, 64) 64->64 (ratio 2), a loss for (2, 512, 28, 28) 512->512 (ratio 36).
+    A CPU path, only for stride 1 (a GPU gathers in one CUDA kernel). Padding the rows
+    costs (pitch - OW) / OW more matrix product, which grows with the channels; the flat
+    adds save ~0.6 ns per column entry. Measured on OpenBLAS: a win for (8, 64, 64, 64)
+    64->64 (ratio 2), a loss for (2, 512, 28, 28) 512->512 (ratio 36).
     """
-    if tile.stride != (1, 1):
+    if tile.stride != (1, 1) or not on_cpu:
         return None
     ow = tile.column_size[1]
     pitch = wide_width(tile.image_size[1], ow, tile.kernel[1], tile.pad_before[1], tile.dilation[1])

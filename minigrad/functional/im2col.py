@@ -13,6 +13,7 @@ from, one strided add per kernel tap.
 """
 import numpy as np
 
+from .. import cuda_kernels
 from ..backend import get_array_module
 
 
@@ -54,8 +55,10 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     ``pad_before`` is the top/left padding; the bottom/right padding is whatever
     ``out_size`` needs (so ceil mode and asymmetric 'same' padding need no special case).
     Pixels in the padding read ``pad_value`` (0 for conv, -inf for max-pooling).
-    One padded copy, one strided view, one contiguous copy.
+    One padded copy, one strided view, one contiguous copy (on a GPU: one CUDA kernel).
     """
+    if cuda_kernels.usable(x):
+        return cuda_kernels.im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
     xp = get_array_module(x)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (pt, pl), (dh, dw), (oh, ow) = kernel_size, stride, pad_before, dilation, out_size
@@ -75,7 +78,14 @@ def col2im(col, input_size, stride, pad_before, dilation, out=None):
     A loop over the kh*kw kernel taps, each one strided add of a whole (N, C, OH, OW)
     slab; no loop over pixels and no scatter with atomics. Kernels much larger than
     their stride (FCN's 64x64 stride-32 upsampling: 4096 taps) go by stride phase instead.
+    On a GPU: one CUDA kernel, a deterministic gather (one thread per pixel).
     """
+    if cuda_kernels.usable(col):
+        result = cuda_kernels.col2im(col, input_size, stride, pad_before, dilation)
+        if out is None:
+            return result
+        out += result
+        return out
     xp = get_array_module(col)
     n, c, kh, kw, oh, ow = col.shape
     h, w = input_size
