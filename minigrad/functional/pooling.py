@@ -11,6 +11,7 @@ Like PyTorch, every op here also takes one unbatched (C, H, W) image.
 """
 import numpy as np
 
+from .. import cuda_kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
 from . import shape as _shape
@@ -42,6 +43,10 @@ def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
     (kh, kw), (oh, ow) = kernel, out_size
     first_inside = [_first_tap_inside(*axis) for axis in
                     zip(("height", "width"), (h, w), out_size, kernel, stride, padding, dilation)]
+    if cuda_kernels.usable(x.data):  # GPU fast path: one thread per window, same values and switches
+        out, indices = cuda_kernels.max_pool2d(x.data, kernel, stride, padding, dilation, out_size)
+        result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w)),))
+        return result, Tensor._wrap(indices)
     col = im2col(x.data, kernel, stride, padding, dilation, out_size, pad_value=_lowest(x.dtype))
     col = col.reshape(n, c, kh * kw, oh, ow)
     tap = col.argmax(axis=2)  # the first maximum in row-major window order, as in PyTorch
