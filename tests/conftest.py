@@ -16,3 +16,10 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 def rng():
     return np.random.default_rng(0)
 
+
+try:  # parity tests run tiny ops, where PyTorch's thread pool costs more than it gives
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
