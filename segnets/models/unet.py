@@ -22,9 +22,9 @@ Layer names: ``enc1`` ... ``enc5`` and ``dec4`` ... ``dec1`` (each ``conv1``, ``
 """
 import math
 
+import minigrad
 from minigrad import functional as F
 from minigrad import nn
-import minigrad
 
 from .common import SegmentationNet, SizeRule, center_crop, check_bool
 

@@ -82,8 +82,11 @@ def translate_torchvision_vgg16(state_dict, target_shapes, net_has_batch_norm):
     """
     source_bn = any(key.startswith("features.1.") for key in state_dict)
     features = torchvision_vgg16_layers(source_bn)
+    def fits(module, ours):
+        weight, shape = state_dict.get(f"{module}.weight"), target_shapes.get(f"{ours}.weight")
+        return weight is not None and shape is not None and np.size(weight) == int(np.prod(shape))
     classifier = {module: ours for module, ours in (("classifier.0", "fc6"), ("classifier.3", "fc7"))
-                  if np.size(state_dict.get(f"{module}.weight")) == np.prod(target_shapes.get(f"{ours}.weight", 0))}
+                  if fits(module, ours)}
     out = {}
     for key, value in state_dict.items():
         module, _, field = key.rpartition(".")
@@ -103,7 +106,7 @@ def _fold_batch_norms(state, eps=1e-5):
     for names in vgg16_names():
         for name in names:
             conv, bn = f"conv{name}", f"bn{name}"
-            if f"{bn}.running_var" not in state:
+            if f"{bn}.running_var" not in state or f"{conv}.weight" not in state:
                 continue
             scale = state.pop(f"{bn}.weight") / np.sqrt(state.pop(f"{bn}.running_var") + eps)
             shift = state.pop(f"{bn}.bias") - state.pop(f"{bn}.running_mean") * scale
