@@ -1,0 +1,119 @@
+"""Markdown tables from a results dict (the same text is printed and written next to the JSON)."""
+
+_DIFF_NAMES = {"output": "out", "output1": "indices", "grad_x": "dx", "grad_weight": "dw", "grad_bias": "db",
+               "grad_logits": "dlogits"}
+
+
+def _num(value, digits=2):
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits else f"{value:.1e}"
+
+
+def _shape(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def _diffs(diffs):
+    if not diffs:
+        return "-"
+    return ", ".join(f"{_DIFF_NAMES.get(k, k)} {v:.0e}" for k, v in diffs.items())
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_lines(results):
+    m, s = results["machine"], results["settings"]
+    threads = m["threads"]
+    lines = [
+        f"- Machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
+        f"- NumPy {m['numpy']} ({m['numpy_blas']}), PyTorch {m['torch']} ({m['torch_blas']}), "
+        f"Python {m['python']}, minigrad {m['minigrad']} at {m['git_commit']}",
+        f"- Threads: {threads['threads']} for NumPy's BLAS ({threads['source']}) and "
+        f"torch.set_num_threads({threads['torch_threads']})",
+        f"- Each figure: median of {s['repeats']} (ops; at most 3 when a call takes over "
+        f"{s['slow_sample_s']} s) / {s['model_repeats']} (training steps) alternating samples after {s['warmup']} warm-up (fast ops looped so one sample lasts >= {s['min_sample_ms']:.0f} ms); "
+        f"float32; " + ", ".join(f"{k}={v}" for k, v in s["env"].items())
+        + ("; --quick: tiny sizes, run once, timings meaningless" if results["quick"] else ""),
+    ]
+    if "gpu" in m:
+        lines.insert(1, f"- GPU: {m['gpu']}; CuPy {m['cupy']} (CUDA runtime {m['cuda_runtime']}), "
+                        f"PyTorch CUDA {m['torch_cuda']}, cuDNN {m['cudnn']}; math mode {m['math_mode']}")
+    return lines
+
+
+def ops_table(ops):
+    header = ["op", "layer", "shapes", "mode", "minigrad ms", "PyTorch ms", "ratio",
+              "minigrad GFLOP/s", "of matmul", "PyTorch GFLOP/s", "GB/s minigrad / PyTorch", "max rel diff"]
+    rows = []
+    for r in ops["rows"]:
+        shapes = "; ".join(f"{k} {_shape(v)}" for k, v in r["shapes"].items())
+        if "error" in r:
+            rows.append([r["op"], r["layer"], shapes, "-", "ERROR", "", "", "", "", "", "", r["error"][:120]])
+            continue
+        rows.append([
+            r["op"], r["layer"], shapes, r["mode"], _num(r["minigrad_ms"]), _num(r["torch_ms"]),
+            f"**{_num(r['ratio'])}**", _num(r.get("minigrad_gflops"), 1),
+            _num(r.get("minigrad_of_matmul")), _num(r.get("torch_gflops"), 1),
+            f"{_num(r['minigrad_gbps'], 1)} / {_num(r['torch_gbps'], 1)}", _diffs(r["max_rel_diff"]),
+        ])
+    return _table(header, rows)
+
+
+def models_table(models):
+    header = ["net", "size", "input", "trainable params", "minigrad ms/step", "PyTorch ms/step", "ratio",
+              "minigrad img/s", "PyTorch img/s", "minigrad peak MB", "PyTorch peak MB",
+              "loss / grad rel diff (float32)", "grad rel diff float64 (worst parameter)"]
+    rows = []
+    for r in models["rows"]:
+        size = f"{r['size']} (width {r['width']})"
+        shape = _shape(r["input"]) if r.get("input") else "-"
+        if "error" in r:
+            rows.append([r["net"], size, shape, "-", "ERROR", "", "", "", "", "", "", r["error"][:120], ""])
+            continue
+        mem = r.get("peak_mb", {})
+        f64 = r["float64"]
+        rows.append([
+            r["net"], size, shape, f"{r['params'] / 1e6:.2f} M", _num(r["minigrad_ms"]), _num(r["torch_ms"]),
+            f"**{_num(r['ratio'])}**", _num(r["minigrad_img_s"]), _num(r["torch_img_s"]),
+            _num(mem.get("minigrad"), 1), _num(mem.get("torch"), 1),
+            f"{r['loss_rel_diff']:.0e} / {r['grad_rel_diff']:.0e}",
+            f"{f64['grad_rel_diff']:.0e} ({f64['worst_grad_rel_diff']['value']:.0e} {f64['worst_grad_rel_diff']['name']})",
+        ])
+    return _table(header, rows)
+
+
+def markdown(results):
+    parts = [f"## {results['device'].upper()} benchmarks, {results['date']}"
+             + (" (--quick)" if results["quick"] else ""), "", *machine_lines(results), ""]
+    if "ops" in results:
+        scale = results["ops"]["scale"]
+        parts += [f"### Ops (batch {scale['batch']}, maps of a {scale['image']}x{scale['image']} image"
+                  + (f", channels / {scale['channel_div']}" if scale["channel_div"] > 1 else "") + ")", "",
+                  "ratio = minigrad time / PyTorch time (lower is better for minigrad). "
+                  "GFLOP/s counts the convolution's multiply-adds (2 per MAC; backward: input and weight "
+                  "gradients); *of matmul* = minigrad GFLOP/s over a float32 matrix product of the im2col "
+                  "GEMM shape on the same device (the ceiling of an im2col design). "
+                  "GB/s: inputs, outputs (and upstream/input gradients) each moved once. "
+                  "max rel diff = max |minigrad - PyTorch| / max |PyTorch|.", "",
+                  ops_table(results["ops"]), ""]
+    if "models" in results:
+        parts += ["### Models: one training step (forward, cross-entropy with ignore_index=255, backward, "
+                  "SGD momentum 0.9)", "",
+                  "img/s = batch / median step time. Differences: one forward+backward from the same weights, "
+                  "loss and parameter gradients (max |difference| over the whole net / largest |gradient|), "
+                  "in float32 and again in float64 (deep BatchNorm stacks amplify float32 rounding; float64 "
+                  "shows whether the two compute the same function).", "",
+                  results["models"]["memory_method"], "",
+                  models_table(results["models"]), ""]
+    return "\n".join(parts)

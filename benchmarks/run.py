@@ -1,0 +1,125 @@
+"""Command line: run the suites, print the table, write JSON and Markdown.
+
+    python -m benchmarks.run --device cpu --suite all            # the CPU table (a few minutes)
+    python -m benchmarks.run --device gpu --suite all            # needs CuPy and a CUDA PyTorch
+    python -m benchmarks.run --device cpu --suite all --quick    # every case once at tiny sizes
+
+Writes ``<output-dir>/<device>-<date>[-<suite>][-quick].json`` and ``.md``; the exit
+status is 1 when any case failed (its row then carries the error).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+
+# Before NumPy and PyTorch load: idle worker threads sleep instead of spinning. The two
+# libraries alternate in one process, and a pool spinning after its call would steal the
+# cores the other library is being timed on (libgomp spins by default; OpenBLAS for
+# 2^28 cycles). Set either variable yourself to override.
+IDLE_THREADS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+for _name, _value in IDLE_THREADS_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+from . import report  # noqa: E402
+from .common import MIN_SAMPLE_S, SLOW_SAMPLE_S, Context, machine_info  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(HERE, "README.md")
+README_BLOCK = re.compile(r"(<!-- results:cpu:start -->\n).*?(<!-- results:cpu:end -->)", re.S)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--suite", choices=("ops", "models", "all"), default="all")
+    p.add_argument("--quick", action="store_true", help="every case once at tiny sizes (a smoke test, no timing)")
+    p.add_argument("--output-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--repeats", type=int, help="timed samples per figure (default 5 ops, 3 models; 1 quick)")
+    p.add_argument("--warmup", type=int, help="untimed runs first (default 1; 0 quick)")
+    p.add_argument("--only", nargs="+", help="ops: only cases whose op/case/layer contains one of these words")
+    p.add_argument("--nets", nargs="+", help="models: a subset of fcn32s fcn16s fcn8s deconvnet unet")
+    p.add_argument("--sizes", nargs="+", help="models: sizes to run (default: small on cpu, small full on gpu)")
+    p.add_argument("--no-memory", action="store_true", help="models: skip the peak-memory measurements")
+    p.add_argument("--update-readme", action="store_true",
+                   help="replace the CPU table in benchmarks/README.md with this run's (device cpu only)")
+    return p.parse_args(argv)
+
+
+def output_stem(args, date):
+    stem = f"{args.device}-{date}"
+    if args.suite != "all":
+        stem += f"-{args.suite}"
+    return stem + ("-quick" if args.quick else "")
+
+
+def run(args):
+    ctx = Context(args.device, quick=args.quick, repeats=args.repeats, warmup=args.warmup)
+    date = datetime.date.today().isoformat()
+    results = {
+        "device": args.device, "date": date, "quick": args.quick, "suite": args.suite,
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+        "machine": machine_info(ctx),
+        "settings": {"repeats": ctx.repeats, "model_repeats": ctx.model_repeats, "warmup": ctx.warmup,
+                     "min_sample_ms": 1e3 * MIN_SAMPLE_S, "slow_sample_s": SLOW_SAMPLE_S, "dtype": "float32",
+                     "env": {name: os.environ.get(name) for name in IDLE_THREADS_ENV}},
+    }
+    if args.suite in ("ops", "all"):
+        from . import ops
+        print(f"ops suite on {args.device}:", flush=True)
+        results["ops"] = ops.run(ctx, only=args.only, log=_log)
+    if args.suite in ("models", "all"):
+        from . import models
+        print(f"models suite on {args.device}:", flush=True)
+        results["models"] = models.run(ctx, nets=args.nets, sizes=args.sizes, memory=not args.no_memory, log=_log)
+    results["errors"] = count_errors(results)
+    return results
+
+
+def _log(line):
+    print(line, flush=True)
+
+
+def count_errors(results):
+    return sum("error" in row for suite in ("ops", "models") if suite in results for row in results[suite]["rows"])
+
+
+def write(results, output_dir, stem):
+    os.makedirs(output_dir, exist_ok=True)
+    json_path = os.path.join(output_dir, stem + ".json")
+    md_path = os.path.join(output_dir, stem + ".md")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    with open(md_path, "w") as f:
+        f.write(report.markdown(results))
+    return json_path, md_path
+
+
+def update_readme(text):
+    with open(README) as f:
+        readme = f.read()
+    if not README_BLOCK.search(readme):
+        raise SystemExit(f"{README} has no <!-- results:cpu:start --> ... <!-- results:cpu:end --> block")
+    with open(README, "w") as f:
+        f.write(README_BLOCK.sub(lambda m: m.group(1) + text + "\n" + m.group(2), readme))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = run(args)
+    text = report.markdown(results)
+    print("\n" + text)
+    json_path, md_path = write(results, args.output_dir, output_stem(args, results["date"]))
+    print(f"wrote {json_path} and {md_path}")
+    if args.update_readme and args.device == "cpu":
+        update_readme(text)
+        print(f"updated {README}")
+    if results["errors"]:
+        print(f"{results['errors']} case(s) failed: see the ERROR rows", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The benchmark harness runs end to end (--quick, CPU) and writes complete results.
+
+Nothing here is timed: CI only checks that every case still runs, that minigrad
+and PyTorch still agree on it, and that the JSON/Markdown outputs have their fields.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import require_torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """One `--quick` run of both suites in a fresh process, written to a temporary directory."""
+    require_torch()
+    out = tmp_path_factory.mktemp("bench")
+    # one thread each: quick and kind to a shared machine; the harness still reads and matches it
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--suite", "all", "--quick",
+         "--output-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    files = sorted(out.iterdir())
+    return done, files
+
+
+def _load(files, suffix):
+    matches = [f for f in files if f.name.endswith(suffix)]
+    assert len(matches) == 1, f"expected one *{suffix} file, got {[f.name for f in files]}"
+    return matches[0]
+
+
+def test_quick_run_succeeds_and_names_its_files(quick_results):
+    done, files = quick_results
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert _load(files, "-quick.json").name.startswith("cpu-")
+    assert _load(files, "-quick.md").name.startswith("cpu-")
+
+
+def test_json_has_machine_and_every_field(quick_results):
+    _, files = quick_results
+    results = json.loads(_load(files, ".json").read_text())
+    assert results["device"] == "cpu" and results["quick"] is True and results["errors"] == 0
+    assert results["settings"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    machine = results["machine"]
+    for key in ("cpu", "cores", "numpy", "numpy_blas", "torch", "torch_blas", "threads"):
+        assert machine[key], key
+    assert machine["threads"]["threads"] == machine["threads"]["torch_threads"] == 1
+
+    ops = results["ops"]["rows"]
+    assert {r["op"] for r in ops} == {"conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d",
+                                      "batch_norm", "cross_entropy"}
+    for row in ops:
+        assert row["mode"] in ("forward", "forward+backward")
+        for key in ("minigrad_ms", "torch_ms", "ratio", "minigrad_gbps", "max_rel_diff", "shapes"):
+            assert key in row, (row["case"], key)
+        assert row["minigrad_ms"] > 0 and row["torch_ms"] > 0
+        if row["op"].startswith("conv"):
+            assert row["minigrad_gflops"] > 0 and 0 < row["matmul_gflops"]
+            assert row["minigrad_of_matmul"] == pytest.approx(row["minigrad_gflops"] / row["matmul_gflops"])
+    # every case is compared against PyTorch: outputs forward, gradients forward+backward
+    assert all(row["max_rel_diff"] for row in ops)
+    assert all(k.startswith("grad_") for row in ops if row["mode"] != "forward" for k in row["max_rel_diff"])
+
+    models = results["models"]
+    assert [r["net"] for r in models["rows"]] == ["fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet"]
+    for row in models["rows"]:
+        for key in ("minigrad_ms", "torch_ms", "ratio", "minigrad_img_s", "torch_img_s", "loss_rel_diff",
+                    "grad_rel_diff", "worst_grad_rel_diff", "float64", "params", "input", "options"):
+            assert key in row, (row["net"], key)
+        assert set(row["peak_mb"]) == {"minigrad", "torch"}
+        assert all(v is not None and v > 0 for v in row["peak_mb"].values()), row["peak_mb"]
+
+
+def test_minigrad_agrees_with_pytorch_in_the_quick_run(quick_results):
+    """Same weights, same inputs: float32 results agree to rounding (a loose bound; CI times nothing)."""
+    _, files = quick_results
+    results = json.loads(_load(files, ".json").read_text())
+    worst_op = max(v for row in results["ops"]["rows"] for v in row["max_rel_diff"].values())
+    assert worst_op < 1e-3
+    for row in results["models"]["rows"]:
+        assert row["loss_rel_diff"] < 1e-4, row["net"]
+        # float32 gradients through DeconvNet's BatchNorm stack differ by rounding (percents);
+        # float64 shows the two nets compute the same function
+        assert row["float64"]["loss_rel_diff"] < 1e-12, row["net"]
+        assert row["float64"]["grad_rel_diff"] < 1e-8, (row["net"], row["float64"])
+        assert row["float64"]["worst_grad_rel_diff"]["value"] < 1e-6, (row["net"], row["float64"])
+
+
+def test_markdown_has_both_tables(quick_results):
+    _, files = quick_results
+    text = _load(files, ".md").read_text()
+    assert "### Ops" in text and "### Models" in text and "Machine:" in text
+    assert "| conv2d |" in text and "| unet |" in text and "ERROR" not in text
+
+
+# ----------------------------------------------------------------------------- the pieces, by hand
+def test_max_rel_diff_is_relative_to_the_reference_scale():
+    from benchmarks.common import max_rel_diff
+
+    assert max_rel_diff([1.0, 2.0, -4.0], [1.0, 2.0, -4.0]) == 0.0
+    assert max_rel_diff([1.0, 2.5, -4.0], [1.0, 2.0, -4.0]) == pytest.approx(0.5 / 4.0)
+    assert max_rel_diff([0.1], [0.0]) == pytest.approx(0.1)  # all-zero reference: absolute difference
+    with pytest.raises(ValueError, match="shapes differ"):
+        max_rel_diff(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_thread_count_matches_numpy_blas():
+    torch = require_torch()
+    from benchmarks.common import match_threads, numpy_threads
+
+    n, source = numpy_threads()
+    assert n >= 1 and source
+    assert match_threads(torch)["torch_threads"] == n == torch.get_num_threads()
+
+
+def test_conv_flops_and_gemm_shape_by_hand():
+    from benchmarks import ops
+
+    conv = ops._conv(ops.FULL, "t", 64, 128, 3, 10, 1)  # (2, 64, 10, 10) -> (2, 128, 10, 10)
+    assert conv.gemm == (128, 64 * 9, 2 * 100)
+    forward, both = ops._flops(conv)
+    assert forward == 2 * 128 * 64 * 9 * 200 and both == 3 * forward
+    first = ops._conv(ops.FULL, "t", 3, 64, 3, 10, 1, input_grad=False)  # no input gradient: 2x
+    assert ops._flops(first)[1] == 2 * ops._flops(first)[0]
+    up = ops._deconv(ops.FULL, "t", 21, 21, 4, 2, 5, bias=False)
+    assert up.gemm == (21 * 16, 21, 2 * 25) and "bias" not in up.shapes
+
+
+def test_pool_indices_point_into_their_own_window():
+    from benchmarks import ops
+
+    idx = ops._pool_indices(np.random.default_rng(0), {"x": (2, 3, 4, 5)})
+    rows, cols = np.divmod(idx, 10)  # the unpooled map is 8 x 10
+    assert np.array_equal(rows // 2, np.broadcast_to(np.arange(4)[:, None], (2, 3, 4, 5)))
+    assert np.array_equal(cols // 2, np.broadcast_to(np.arange(5)[None, :], (2, 3, 4, 5)))
+
+
+def test_torch_twins_keep_the_input_size():
+    torch = require_torch()
+    from benchmarks import models, torch_nets
+
+    size = models.SIZES["tiny"]
+    for net in models.NETS:
+        options, side = models.net_config(net, size)
+        model = torch_nets.build(net, 21, 3, size.width, **options).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(2, 3, side, side)).shape == (2, 21, side, side), net
+
+
+def test_fcn_pad100_crops_match_caffe_offsets():
+    """FCN-8s with pad100 at 224 gives 224 back, with Caffe's crop offsets 5, 9, 31."""
+    torch = require_torch()
+    from benchmarks import torch_nets
+
+    model = torch_nets.build("fcn8s", 21, 3, 4, pad100=True, fc_kernel=7).eval()
+    assert model._offsets() == (5, 9, 31)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 21, 224, 224)
+
+
+def test_readme_has_the_block_run_py_updates():
+    from benchmarks.run import README, README_BLOCK
+
+    assert README_BLOCK.search(Path(README).read_text())
