@@ -19,6 +19,11 @@ import minigrad
 
 MIN_SAMPLE_S = 0.02  # an op faster than this is looped inside one sample, so timer noise stays small
 SLOW_SAMPLE_S = 0.5  # when every candidate's warm-up call takes this long, 3 samples are enough
+# After a call, OpenBLAS's idle threads spin for about 0.1 s (2^28 cycles) before they sleep;
+# a PyTorch sample started in that window shares the cores with them (measured here: a 5 ms
+# conv took 9-10 ms right after a NumPy product, 5 ms after a 0.12 s pause). So on CPU the
+# timer waits this long before every sample that follows the other library's.
+SETTLE_S = 0.15
 
 
 # ----------------------------------------------------------------------------- threads
@@ -138,10 +143,10 @@ def _timed(fn, loops, sync):
 def _loops_for(fn, sync, warmup_seconds=None):
     """Calls per sample so that one sample lasts at least MIN_SAMPLE_S.
 
-    A warm-up call that took over a second decides alone (one call per sample);
+    A warm-up call that took over 0.25 s decides alone (one call per sample);
     otherwise one more timed call does (a first call can carry one-time set-up).
     """
-    if warmup_seconds is not None and warmup_seconds >= 1.0:
+    if warmup_seconds is not None and warmup_seconds >= 0.25:
         return 1
     seconds = _timed(fn, 1, sync)
     return max(1, min(100, math.ceil(MIN_SAMPLE_S / max(seconds, 1e-9))))
@@ -165,10 +170,13 @@ def time_alternating(ctx, candidates, repeats=None):
     if all(seconds >= SLOW_SAMPLE_S for seconds in warmup_seconds.values()) and warmup_seconds:
         repeats = min(repeats, 3)  # slow calls vary little relative to their length
     samples = {name: [] for name in candidates}
-    names = list(candidates)
+    names, previous = list(candidates), None
     for round_ in range(repeats):
         for name in (names if round_ % 2 == 0 else names[::-1]):
+            if ctx.device == "cpu" and not ctx.quick and previous not in (None, name):
+                time.sleep(SETTLE_S)
             samples[name].append(_timed(candidates[name], loops[name], ctx.sync))
+            previous = name
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -184,6 +192,8 @@ def matmul_seconds(ctx, m, k, n):
     key = (ctx.device, m, k, n)
     if key not in _matmul_cache:
         rng = np.random.default_rng(0)
+        if ctx.device == "cpu" and not ctx.quick:
+            time.sleep(SETTLE_S)  # PyTorch's idle threads, too, may still be spinning
         a = ctx.xp.asarray(rng.standard_normal((m, k), dtype=np.float32))
         b = ctx.xp.asarray(rng.standard_normal((k, n), dtype=np.float32))
         _matmul_cache[key] = time_alternating(ctx, {"matmul": lambda: a @ b})["matmul"]
@@ -241,6 +251,14 @@ def _git_commit():
         return None
 
 
+def load_average():
+    """1-minute load average: above ~0.5 on an otherwise idle machine, other work shared the cores."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine_info(ctx):
     """The machine and library versions, so a table says where it came from."""
     torch = ctx.torch
@@ -256,6 +274,7 @@ def machine_info(ctx):
         "minigrad": getattr(minigrad, "__version__", "?"),
         "git_commit": _git_commit(),
         "threads": ctx.threads,
+        "load_average_at_start": load_average(),
     }
     if ctx.device == "gpu":
         cp = minigrad.backend.cupy()

@@ -36,14 +36,17 @@ def machine_lines(results):
     m, s = results["machine"], results["settings"]
     threads = m["threads"]
     lines = [
-        f"- Machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores; {m['platform']}; load average "
+        f"{m.get('load_average_at_start')} at start, {m.get('load_average_at_end')} at end (other work on the cores "
+        f"when well above 0)",
         f"- NumPy {m['numpy']} ({m['numpy_blas']}), PyTorch {m['torch']} ({m['torch_blas']}), "
         f"Python {m['python']}, minigrad {m['minigrad']} at {m['git_commit']}",
         f"- Threads: {threads['threads']} for NumPy's BLAS ({threads['source']}) and "
         f"torch.set_num_threads({threads['torch_threads']})",
         f"- Each figure: median of {s['repeats']} (ops; at most 3 when a call takes over "
         f"{s['slow_sample_s']} s) / {s['model_repeats']} (training steps) alternating samples after {s['warmup']} warm-up (fast ops looped so one sample lasts >= {s['min_sample_ms']:.0f} ms); "
-        f"float32; " + ", ".join(f"{k}={v}" for k, v in s["env"].items())
+        f"float32; {s['settle_s']} s pause before a sample that follows the other library's "
+        f"(idle OpenBLAS threads spin ~0.1 s)" + "".join(f"; {k}={v}" for k, v in s["env"].items() if v)
         + ("; --quick: tiny sizes, run once, timings meaningless" if results["quick"] else ""),
     ]
     if "gpu" in m:

@@ -14,18 +14,11 @@ import os
 import re
 import sys
 
-# Before NumPy and PyTorch load: idle worker threads sleep instead of spinning. The two
-# libraries alternate in one process, and a pool spinning after its call would steal the
-# cores the other library is being timed on (libgomp spins by default; OpenBLAS for
-# 2^28 cycles). Set either variable yourself to override.
-IDLE_THREADS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
-for _name, _value in IDLE_THREADS_ENV.items():
-    os.environ.setdefault(_name, _value)
-
-from . import report  # noqa: E402
-from .common import MIN_SAMPLE_S, SLOW_SAMPLE_S, Context, machine_info  # noqa: E402
+from . import report
+from .common import MIN_SAMPLE_S, SETTLE_S, SLOW_SAMPLE_S, Context, load_average, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")  # recorded
 README = os.path.join(HERE, "README.md")
 README_BLOCK = re.compile(r"(<!-- results:cpu:start -->\n).*?(<!-- results:cpu:end -->)", re.S)
 
@@ -63,7 +56,8 @@ def run(args):
         "machine": machine_info(ctx),
         "settings": {"repeats": ctx.repeats, "model_repeats": ctx.model_repeats, "warmup": ctx.warmup,
                      "min_sample_ms": 1e3 * MIN_SAMPLE_S, "slow_sample_s": SLOW_SAMPLE_S, "dtype": "float32",
-                     "env": {name: os.environ.get(name) for name in IDLE_THREADS_ENV}},
+                     "settle_s": SETTLE_S if args.device == "cpu" else 0.0,
+                     "env": {name: os.environ.get(name) for name in THREAD_ENV}},
     }
     if args.suite in ("ops", "all"):
         from . import ops
@@ -73,6 +67,7 @@ def run(args):
         from . import models
         print(f"models suite on {args.device}:", flush=True)
         results["models"] = models.run(ctx, nets=args.nets, sizes=args.sizes, memory=not args.no_memory, log=_log)
+    results["machine"]["load_average_at_end"] = load_average()
     results["errors"] = count_errors(results)
     return results
 
