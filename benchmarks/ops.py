@@ -181,14 +181,15 @@ class _Side:
         with self.ctx.no_grad(self.library):
             return self.outputs()[0]
 
-    def forward_backward(self):
+    def backward(self, out):
+        """Fresh gradients of the inputs asked for, from the fixed upstream gradient."""
         for name in self.case.grads:
             self.t[name].grad = None
+        out.backward() if self.gout is None else out.backward(self.gout)
+
+    def forward_backward(self):
         out = self.outputs()[0]
-        if self.gout is None:
-            out.backward()
-        else:
-            out.backward(self.gout)
+        self.backward(out)
         return out
 
 
@@ -202,10 +203,8 @@ def _compare(ctx, case, mg, th, rng):
     if shape:  # non-scalar output: backward needs an upstream gradient
         g = rng.standard_normal(shape, dtype=np.float32)
         mg.gout, th.gout = ctx.mg(g), ctx.th(g)
-    for side, out in ((mg, outs_mg[0]), (th, outs_th[0])):
-        for name in case.grads:
-            side.t[name].grad = None
-        out.backward() if side.gout is None else out.backward(side.gout)
+    mg.backward(outs_mg[0])
+    th.backward(outs_th[0])
     for name in case.grads:
         diffs[f"grad_{name}"] = max_rel_diff(ctx.to_numpy(mg.t[name].grad), ctx.to_numpy(th.t[name].grad))
     return diffs, outs_th
@@ -231,12 +230,10 @@ def run_case(ctx, case):
     mg, th = _Side(ctx, "minigrad", case, arrays), _Side(ctx, "torch", case, arrays)
     diffs, outs_th = _compare(ctx, case, mg, th, np.random.default_rng(1))
     out_arrays = [ctx.to_numpy(o) for o in outs_th]
-    traffic = {
-        "forward": _nbytes(arrays.values()) + _nbytes(out_arrays),
-    }
+    forward_bytes = _nbytes(arrays.values()) + _nbytes(out_arrays)
     # backward also reads the upstream gradient and writes one gradient per input asked for
-    traffic["forward+backward"] = (traffic["forward"] + _nbytes(out_arrays[:1])
-                                   + _nbytes(arrays[name] for name in case.grads))
+    traffic = {"forward": forward_bytes,
+               "forward+backward": forward_bytes + _nbytes(out_arrays[:1]) + _nbytes(arrays[k] for k in case.grads)}
     flops = dict(zip(("forward", "forward+backward"), _flops(case)))
     matmul_s = matmul_seconds(ctx, *case.gemm) if case.gemm else None
     rows = []

@@ -91,7 +91,9 @@ def write(results, output_dir, stem):
     return json_path, md_path
 
 
-def update_readme(text):
+def update_readme(text, note=""):
+    """Put ``text`` (one level deeper: it sits under the README's own section) between the markers."""
+    text = re.sub(r"^#", "##", text, flags=re.M) + (f"\n{note}\n" if note else "")
     with open(README) as f:
         readme = f.read()
     if not README_BLOCK.search(readme):
