@@ -125,10 +125,11 @@ class Trainer:
         return loss
 
 
-def _as_numpy(value):
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return value.numpy()
+def _as_numpy(tensor):
+    """NumPy copy of a minigrad or PyTorch tensor, from any device."""
+    if type(tensor).__module__.startswith("torch"):
+        return tensor.detach().cpu().numpy()
+    return tensor.numpy()
 
 
 def copy_weights(mg_model, torch_model):
@@ -355,7 +356,8 @@ def gpu_peak(trainer, torch, base_bytes):
 
 
 # ----------------------------------------------------------------------------- the suite
-def run_net(ctx, net, size, peaks):
+def run_net(ctx, net, size, peaks=None, memory=True):
+    """One row: timing, agreement, and peak memory (``peaks`` measured beforehand on CPU; here on GPU)."""
     torch = ctx.torch
     options, side = net_config(net, size)
     base = {lib: gpu_in_use(lib, torch) for lib in ("minigrad", "torch")} if ctx.device == "gpu" else {}
@@ -375,7 +377,7 @@ def run_net(ctx, net, size, peaks):
     row.update({"minigrad_ms": 1e3 * times["minigrad"], "torch_ms": 1e3 * times["torch"],
                 "ratio": times["minigrad"] / times["torch"],
                 "minigrad_img_s": size.batch / times["minigrad"], "torch_img_s": size.batch / times["torch"]})
-    if ctx.device == "gpu":
+    if ctx.device == "gpu" and memory:
         peaks = {lib: gpu_peak(t, torch, base[lib]) for lib, t in (("minigrad", mg), ("torch", th))}
     if peaks:
         row["peak_mb"] = {lib: peaks[lib]["total_mb"] for lib in peaks}
@@ -408,7 +410,7 @@ def run(ctx, nets=None, sizes=None, memory=True, log=print):
         peaks = _cpu_peaks(ctx, nets, size) if memory and ctx.device == "cpu" else {}
         for net in nets:
             try:
-                row = run_net(ctx, net, size, peaks.get(net))
+                row = run_net(ctx, net, size, peaks.get(net), memory)
             except Exception as e:
                 row = {"net": net, "size": size.name, "width": size.width, "batch": size.batch,
                        "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=6)}

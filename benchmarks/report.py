@@ -45,8 +45,9 @@ def machine_lines(results):
         f"torch.set_num_threads({threads['torch_threads']})",
         f"- Each figure: median of {s['repeats']} (ops; at most 3 when a call takes over "
         f"{s['slow_sample_s']} s) / {s['model_repeats']} (training steps) alternating samples after {s['warmup']} warm-up (fast ops looped so one sample lasts >= {s['min_sample_ms']:.0f} ms); "
-        f"float32; {s['settle_s']} s pause before a sample that follows the other library's "
-        f"(idle OpenBLAS threads spin ~0.1 s)" + "".join(f"; {k}={v}" for k, v in s["env"].items() if v)
+        "float32" + (f"; {s['settle_s']} s pause before a sample that follows the other library's "
+                     "(idle OpenBLAS threads spin ~0.1 s)" if s["settle_s"] else "")
+        + "".join(f"; {k}={v}" for k, v in s["env"].items() if v)
         + ("; --quick: tiny sizes, run once, timings meaningless" if results["quick"] else ""),
     ]
     if "gpu" in m:

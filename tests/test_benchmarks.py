@@ -108,6 +108,17 @@ def test_markdown_has_both_tables(quick_results):
     assert "| conv2d |" in text and "| unet |" in text and "ERROR" not in text
 
 
+@pytest.mark.torch
+def test_cpu_runs_import_nothing_gpu_specific():
+    require_torch()
+    code = ("import sys; from benchmarks import run, ops, models, torch_nets; "
+            "from benchmarks.common import Context; Context('cpu', quick=True); "
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupyx')]; "
+            "assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------- the pieces, by hand
 def test_max_rel_diff_is_relative_to_the_reference_scale():
     from benchmarks.common import max_rel_diff
