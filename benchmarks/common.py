@@ -27,10 +27,10 @@ SETTLE_S = 0.15
 
 
 # ----------------------------------------------------------------------------- threads
-def openblas_threads():
-    """Threads NumPy's OpenBLAS will use, read from the library itself (what threadpoolctl does).
+def _openblas_function(name):
+    """A function of the OpenBLAS loaded in this process (NumPy's), by its plain name; None if absent.
 
-    None when NumPy is not linked to an OpenBLAS we can find in this process.
+    scipy-openblas wheels prefix and suffix the symbols (``scipy_openblas_<name>64_``).
     """
     try:
         with open("/proc/self/maps") as maps:
@@ -42,13 +42,30 @@ def openblas_threads():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                       "openblas_get_num_threads"):
-            getter = getattr(lib, symbol, None)
-            if getter is not None:
-                getter.restype = ctypes.c_int
-                return int(getter())
+        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
+            function = getattr(lib, symbol, None)
+            if function is not None:
+                return function
     return None
+
+
+def openblas_threads():
+    """Threads NumPy's OpenBLAS will use, read from the library itself (what threadpoolctl does)."""
+    getter = _openblas_function("get_num_threads")
+    if getter is None:
+        return None
+    getter.restype = ctypes.c_int
+    return int(getter())
+
+
+def set_openblas_threads(n):
+    """Tell NumPy's OpenBLAS to use ``n`` threads; False when no OpenBLAS is found."""
+    setter = _openblas_function("set_num_threads")
+    if setter is None:
+        return False
+    setter.argtypes = [ctypes.c_int]
+    setter(int(n))
+    return openblas_threads() == n
 
 
 def numpy_threads():
@@ -73,7 +90,7 @@ def match_threads(torch):
 class Context:
     """Device, run settings and the array plumbing between NumPy, minigrad and PyTorch."""
 
-    def __init__(self, device="cpu", quick=False, repeats=None, warmup=None):
+    def __init__(self, device="cpu", quick=False, repeats=None, warmup=None, threads=None):
         import torch  # the harness needs it; minigrad/ itself never imports it
 
         self.torch = torch
@@ -87,6 +104,9 @@ class Context:
         self.model_repeats = repeats if repeats is not None else (1 if quick else 3)
         self.torch_device = "cuda" if self.device == "gpu" else "cpu"
         self.xp = minigrad.backend.xp_for(self.device)
+        if threads is not None and not set_openblas_threads(threads):
+            raise SystemExit(f"--threads {threads}: NumPy's OpenBLAS was not found in this process; "
+                             f"set OPENBLAS_NUM_THREADS={threads} OMP_NUM_THREADS={threads} instead")
         self.threads = match_threads(torch)
         self.math_mode = set_gpu_math_mode(torch) if self.device == "gpu" else None
         # the objects of the imports (torch's are many) never die: keep the collector off them,

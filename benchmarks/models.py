@@ -291,7 +291,8 @@ CPU_MEMORY_METHOD = (
 
 def cpu_peaks_subprocess(library, nets, size, threads):
     """{net: {...}} measured in one fresh process per call."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
+               OPENBLAS_NUM_THREADS=str(threads))  # the parent's thread count, for NumPy as for torch
     cmd = [sys.executable, "-m", "benchmarks.models", "--peak", "--library", library, "--size", size.name,
            "--threads", str(threads), "--nets", *nets]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

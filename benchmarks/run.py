@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--repeats", type=int, help="timed samples per figure (default 5 ops, 3 models; 1 quick)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default 1; 0 quick)")
+    p.add_argument("--threads", type=int,
+                   help="threads for NumPy's OpenBLAS and PyTorch alike (default: what OpenBLAS already has; "
+                        "1 gives steadier numbers on a shared machine)")
     p.add_argument("--only", nargs="+", help="ops: only cases whose op/case/layer contains one of these words")
     p.add_argument("--nets", nargs="+", help="models: a subset of fcn32s fcn16s fcn8s deconvnet unet")
     p.add_argument("--sizes", nargs="+", help="models: sizes to run (default: small on cpu, small full on gpu)")
@@ -48,7 +51,7 @@ def output_stem(args, date):
 
 
 def run(args):
-    ctx = Context(args.device, quick=args.quick, repeats=args.repeats, warmup=args.warmup)
+    ctx = Context(args.device, quick=args.quick, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
     date = datetime.date.today().isoformat()
     results = {
         "device": args.device, "date": date, "quick": args.quick, "suite": args.suite,

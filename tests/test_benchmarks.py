@@ -144,6 +144,19 @@ def test_thread_count_matches_numpy_blas():
         torch.set_num_threads(before)  # other tests choose their own
 
 
+def test_openblas_thread_count_can_be_set_and_read_back():
+    from benchmarks.common import openblas_threads, set_openblas_threads
+
+    before = openblas_threads()
+    if before is None:
+        pytest.skip("NumPy is not linked to an OpenBLAS we can find (another BLAS)")
+    try:
+        assert set_openblas_threads(1) and openblas_threads() == 1
+    finally:
+        set_openblas_threads(before)
+    assert openblas_threads() == before
+
+
 def test_conv_flops_and_gemm_shape_by_hand():
     from benchmarks import ops
 
