@@ -234,3 +234,7 @@ def test_core_ops_match_torch(rng):
     np.testing.assert_allclose(mout.item(), tout.item(), rtol=1e-12)
     np.testing.assert_allclose(ma.grad.numpy(), ta.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mb.grad.numpy(), tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_is_public_at_package_level(rng):
+    assert mg.gradcheck(lambda x: x * x, [t64(rng, 3)])
