@@ -90,10 +90,10 @@ def build_parser():
     p.add_argument("--data-dir", help="its directory [default: the checkpoint's]")
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="dataset option, repeatable [default: the checkpoint's options]")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate [default: val]")
     p.add_argument("--batch-size", type=int, help="images per forward pass [default: 8 for shapes and "
                    "idx-scenes, 1 for datasets whose images differ in size]")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
     p.add_argument("--output", help="JSON file to write [default: eval_<split>.json next to the checkpoint]")
     return p
 

@@ -131,8 +131,8 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, help="checkpoint .npz written by segnets.train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--output-dir", required=True, help="directory for the PNGs (created if missing)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run")
-    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay [default: 0.5]")
     return p
 
 

@@ -28,7 +28,7 @@ then rename) and hold model, optimizer, scheduler, the loader's position and eve
 random state (minigrad, numpy, Python), so ``--resume`` continues exactly: an
 interrupted and resumed run ends with the same weights and metrics as an
 uninterrupted one (bit for bit on CPU). checkpoint_last.npz is written before the
-first epoch and after every epoch. Ctrl-C:
+first epoch and after every epoch. Ctrl-C (and SIGTERM):
   * the first Ctrl-C lets the current step finish, then saves checkpoint_last.npz
     at that step (mid-epoch: the loader's position and the epoch's running loss
     are in it) and stops;
@@ -86,10 +86,13 @@ def build_parser():
         prog="python -m segnets.train",
         description="Train a semantic-segmentation net (FCN-32s/16s/8s, DeconvNet, U-Net) with minigrad. "
                     "Every net has a default recipe (segnets/recipes.py) that trains on the embedded "
-                    "'shapes' data in about ten minutes on a 2-core CPU; the flags below override it.")
+                    "'shapes' data in about ten minutes on a 2-core CPU; the flags below override it "
+                    "([recipe] marks the values that come from it).",
+        epilog="default recipes (segnets/recipes.py):\n" + recipes.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", choices=NETS, help="network to train (required unless --resume)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="where to run: cpu (NumPy) or gpu (CuPy) [default: cpu]")
-    p.add_argument("--dataset", choices=DATASETS, help="training data [recipe: shapes]")
+    p.add_argument("--dataset", choices=DATASETS, help="training data [default: shapes]")
     p.add_argument("--data-dir", help="directory of the dataset (voc, folder, idx-scenes; shapes needs none)")
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", default=None,
                    help="dataset option passed to build_dataset, repeatable "
@@ -97,12 +100,12 @@ def build_parser():
     p.add_argument("--epochs", type=int, help="number of epochs [recipe]")
     p.add_argument("--batch-size", type=int, help="images per training step (and per eval batch) [recipe]")
     p.add_argument("--lr", type=float, help="base learning rate [recipe]")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [recipe: sgd]")
-    p.add_argument("--momentum", type=float, help="SGD momentum [recipe: 0.9]")
-    p.add_argument("--weight-decay", type=float, help="weight decay (L2 for sgd/adam, decoupled for adamw) [recipe: 1e-4]")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [recipe]")
+    p.add_argument("--momentum", type=float, help="SGD momentum [recipe]")
+    p.add_argument("--weight-decay", type=float, help="weight decay (L2 for sgd/adam, decoupled for adamw) [recipe]")
     p.add_argument("--lr-schedule", choices=("constant", "step", "poly", "cosine"),
                    help="learning-rate schedule: poly steps every iteration (lr*(1-it/total)^0.9), "
-                        "step (x0.1 every third of the epochs) and cosine step every epoch [recipe: poly]")
+                        "step (x0.1 every third of the epochs) and cosine step every epoch [recipe]")
     p.add_argument("--width", type=int, help="channels of the first conv block (64 in the papers) [recipe]")
     p.add_argument("--crop-size", type=int, help="side of the random training crop [recipe]")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", default=None,
@@ -110,8 +113,8 @@ def build_parser():
                         "fc_kernel=2, batch_norm=true, learn_upsampling=true (ints/floats/bools parsed)")
     p.add_argument("--class-weights", choices=("none", "median-freq"),
                    help="loss weights per class: none, or median-frequency balancing "
-                        "(Eigen & Fergus) from the training masks [recipe: none]")
-    p.add_argument("--seed", type=int, help="seed of every random generator [recipe: 0]")
+                        "(Eigen & Fergus) from the training masks [default: none]")
+    p.add_argument("--seed", type=int, help="seed of every random generator [default: 0]")
     p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
                                         "with --resume: the checkpoint's directory]")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "
@@ -385,31 +388,33 @@ class EpochProgress:
 
 
 class StopRequest:
-    """Ctrl-C while training: the first one asks the loop to stop after the current step.
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first one asks the loop to stop after the current step.
 
-    The handler only sets a flag and hands SIGINT back to Python's default, so a
-    second Ctrl-C raises KeyboardInterrupt at once. (Signals can only be caught in
-    the main thread; elsewhere Ctrl-C keeps its default meaning.)
+    The handler only sets a flag and gives the signal its previous handler back, so
+    a second Ctrl-C raises KeyboardInterrupt at once (a second SIGTERM terminates).
+    Signals can only be caught in the main thread; elsewhere they keep their meaning.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        print("\nCtrl-C: stopping after this step and saving checkpoint_last.npz "
-              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        signal.signal(signum, self._previous[signum])
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving checkpoint_last.npz "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         return False
 
 

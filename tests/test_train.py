@@ -188,16 +188,18 @@ def test_keyboard_interrupt_keeps_last_epoch_and_resume_is_exact(tmp_path, monke
     assert_same_run(out, uninterrupted)
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, uninterrupted):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, uninterrupted, signum):
     out = tmp_path / "run"
+    handler_before = signal.getsignal(signum)
 
-    def ctrl_c(loss):
-        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the step finishes, then the run saves and stops
+    def send(loss):
+        os.kill(os.getpid(), signum)  # a real signal: the step finishes, then the run saves and stops
         return loss
 
-    interrupt_at(monkeypatch, epoch=2, iteration=1, action=ctrl_c)
+    interrupt_at(monkeypatch, epoch=2, iteration=1, action=send)
     assert train_mod.main(tiny_args(out, epochs=2)) == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    assert signal.getsignal(signum) is handler_before  # handler given back
     meta = ckpt.load_checkpoint(out / "checkpoint_last.npz")["meta"]
     assert meta["epoch"] == 1 and meta["progress"]["epoch"] == 2 and meta["progress"]["iterations"] == 1
     assert len(read_metrics(out)) == 1
