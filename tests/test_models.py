@@ -495,7 +495,7 @@ def _check_parity(torch, twin, model, x_np, train):
 @pytest.mark.parametrize("name, pad100", [("fcn32s", False), ("fcn16s", False), ("fcn8s", False), ("fcn8s", True)])
 def test_fcn_matches_pytorch(name, pad100):
     torch = require_torch()
-    from tests.torch_twins import FCN
+    from benchmarks.torch_nets import FCN
     fc_kernel = 7 if pad100 else 3
     twin = FCN(name, 3, width=2, pad100=pad100, fc_kernel=fc_kernel)
     twin, model = _twin_and_model(torch, twin, name, num_classes=3, width=2, pad100=pad100, fc_kernel=fc_kernel)
@@ -507,7 +507,7 @@ def test_fcn_matches_pytorch(name, pad100):
 @pytest.mark.torch
 def test_deconvnet_matches_pytorch():
     torch = require_torch()
-    from tests.torch_twins import DeconvNet
+    from benchmarks.torch_nets import DeconvNet
     twin, model = _twin_and_model(torch, DeconvNet(3, width=2, fc_kernel=2), "deconvnet",
                                   num_classes=3, width=2, fc_kernel=2)
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 96))
@@ -518,7 +518,7 @@ def test_deconvnet_matches_pytorch():
 @pytest.mark.parametrize("options, size", [({}, (188, 220)), ({"padding": "same", "batch_norm": True}, (32, 48))])
 def test_unet_matches_pytorch(options, size):
     torch = require_torch()
-    from tests.torch_twins import UNet
+    from benchmarks.torch_nets import UNet
     twin, model = _twin_and_model(torch, UNet(2, 1, width=2, **options), "unet",
                                   num_classes=2, in_channels=1, width=2, **options)
     x = np.random.default_rng(0).standard_normal((2, 1) + size)
