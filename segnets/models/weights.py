@@ -1,7 +1,7 @@
 """Weight import from PyTorch-style state dicts (no torch needed here).
 
 Key naming: a model's keys are its ``state_dict()`` keys, which are those of a
-plain PyTorch re-implementation with the same attribute names (tests/torch_twins.py
+plain PyTorch re-implementation with the same attribute names (benchmarks/torch_nets.py
 is one): e.g. ``conv1_1.weight``, ``score_fr.bias``, ``upscore.weight`` for FCN
 (wkentaro/pytorch-fcn's names), ``bn1_1.running_mean``, ``fc6_deconv.weight``,
 ``debn5_1.weight``, ``seg_score.bias`` for DeconvNet, ``enc1.conv1.weight``,
