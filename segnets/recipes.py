@@ -2,8 +2,10 @@
 
 Each recipe trains on the default data (the embedded ``shapes`` set: 800 train /
 100 val images of 64x64) in about ten minutes on a 2-core CPU (one epoch, with
-evaluation, measured on a quiet 2-core machine: FCNs ~11.5 s, DeconvNet ~20 s,
-U-Net ~17.5 s; a machine shared with other work is slower). Every value can be
+evaluation, measured on a quiet 2-core machine: FCNs 8-12 s, DeconvNet ~20 s,
+U-Net ~17.5 s). On a machine shared with other work, run with
+``OPENBLAS_NUM_THREADS=1``: two BLAS threads that wait for a busy core made a
+U-Net epoch 17x slower there (368 s against 21 s single-threaded). Every value can be
 overridden by the matching ``segnets.train`` flag; model options merge with
 ``--model-opt`` (the flag wins key by key).
 
@@ -14,8 +16,8 @@ images on a CPU.
   time for 30-45 epochs; more epochs helped more than more channels.
 * Adam instead of SGD: from scratch, the FCNs (13 VGG convs, no batch norm)
   hardly move under SGD in this budget; Adam's per-weight step sizes get them going
-  (FCN-8s, measured on its PyTorch twin: val mIoU 0.22 after 30 epochs at lr 1e-3,
-  0.52 after 45 at 3e-3; U-Net 0.74 after 40 epochs at 3e-3). DeconvNet stays near
+  (FCN-8s on its PyTorch twin: val mIoU 0.22 after 30 epochs at lr 1e-3, 0.52
+  after 45 at 3e-3; minigrad's FCN-8s with this recipe at 45 epochs: 0.54). DeconvNet stays near
   the background-only solution (mIoU ~0.15) with every setting tried (SGD 0.05,
   Adam 1e-3/2e-3/3e-3, fc_kernel 1 or 2, median-frequency weights): from scratch
   on 64x64 images it needs far more than ten minutes; the paper starts from VGG16.
@@ -52,11 +54,11 @@ COMMON = {
 }
 
 RECIPES = {
-    "fcn32s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 45,
+    "fcn32s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
                "model_options": {"pad100": False, "fc_kernel": 1}},
-    "fcn16s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 45,
+    "fcn16s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
                "model_options": {"pad100": False, "fc_kernel": 1}},
-    "fcn8s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 45,
+    "fcn8s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
               "model_options": {"pad100": False, "fc_kernel": 1}},
     "deconvnet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 1e-3, "epochs": 28,
                   "model_options": {"fc_kernel": 1}},

@@ -424,7 +424,7 @@ def train_one_epoch(run, progress, stop):
     run.model.train()
     bar = tqdm(total=len(loader) * loader.batch_size, initial=progress.iterations * loader.batch_size,
                desc=f"epoch {progress.epoch}/{epochs}", unit="img", leave=False, file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)  # logs: few updates
     if stop.requested:  # Ctrl-C came during the last evaluation or saving
         bar.close()
         return False
