@@ -2,8 +2,8 @@
 
 Each recipe trains on the default data (the embedded ``shapes`` set: 800 train /
 100 val images of 64x64) in about ten minutes on a 2-core CPU (one epoch, with
-evaluation, measured on a quiet 2-core machine: FCNs 8-12 s, DeconvNet ~20 s,
-U-Net ~17.5 s). On a machine shared with other work, run with
+evaluation, on a quiet 2-core machine: FCNs 7.5-12 s, DeconvNet 17-19 s, U-Net
+14-16 s; single-threaded BLAS was the faster end). On a machine shared with other work, run with
 ``OPENBLAS_NUM_THREADS=1``: two BLAS threads that wait for a busy core made a
 U-Net epoch 17x slower there (368 s against 21 s single-threaded). Every value can be
 overridden by the matching ``segnets.train`` flag; model options merge with
@@ -54,15 +54,15 @@ COMMON = {
 }
 
 RECIPES = {
-    "fcn32s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
+    "fcn32s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 55,
                "model_options": {"pad100": False, "fc_kernel": 1}},
-    "fcn16s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
+    "fcn16s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 55,
                "model_options": {"pad100": False, "fc_kernel": 1}},
-    "fcn8s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 60,
+    "fcn8s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 55,
               "model_options": {"pad100": False, "fc_kernel": 1}},
-    "deconvnet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 1e-3, "epochs": 28,
+    "deconvnet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 1e-3, "epochs": 30,
                   "model_options": {"fc_kernel": 1}},
-    "unet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 32,
+    "unet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 36,
              "model_options": {"padding": "same", "batch_norm": True}},
 }
 
