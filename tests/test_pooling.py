@@ -116,6 +116,25 @@ def test_max_pool_all_minus_inf_window_points_at_its_first_input_pixel():
     np.testing.assert_array_equal(idx.numpy()[0, 0], [[0, 1], [3, 4]])  # what PyTorch reports
 
 
+def test_max_pool_window_with_nan_returns_nan_at_its_first_nan():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # two NaNs in the top-left window, the first at tap 1
+    x[0, 0, 3, 3] = np.nan                  # the bottom-right window's last tap
+    out, idx = F.max_pool2d(T(x), 2, return_indices=True)
+    assert np.isnan(out.numpy()[0, 0, 0, 0]) and np.isnan(out.numpy()[0, 0, 1, 1])
+    np.testing.assert_array_equal(idx.numpy()[0, 0], [[1, 7], [13, 15]])
+    np.testing.assert_array_equal(out.numpy()[0, 0, [0, 1], [1, 0]], [7, 13])
+
+
+def test_max_pool_window_of_more_than_255_taps_matches_reference():
+    # switches come from a per-window tap number: uint8 up to 255 taps, int64 beyond
+    x = distinct_values(np.random.default_rng(3), (1, 2, 3, 310))
+    out, idx = F.max_pool2d(T(x), (1, 300), stride=(1, 5), return_indices=True)
+    ref_out, ref_idx = reference_max_pool(x, (1, 300), (1, 5), (0, 0), (1, 1), False)
+    np.testing.assert_array_equal(out.numpy(), ref_out)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+
+
 def test_max_pool_unbatched_input():
     x = distinct_values(np.random.default_rng(1), (2, 4, 4))
     out, idx = F.max_pool2d(T(x), 2, return_indices=True)
@@ -151,12 +170,20 @@ def test_max_unpool_places_values_and_zeros():
 
 
 def test_max_unpool_adds_values_sharing_a_switch_and_gathers_gradients():
+    # overlapping windows (kernel 3, stride 2): values sharing a switch add, as the max-pool gradient does
     values = T([[[[1.0, 2.0, 3.0]]]], requires_grad=True)
     indices = mg.Tensor(np.array([[[[1, 1, 4]]]]))
-    out = F.max_unpool2d(values, indices, (1, 2), output_size=(1, 6))
+    out = F.max_unpool2d(values, indices, (1, 3), stride=(1, 2), output_size=(1, 6))
     np.testing.assert_array_equal(out.numpy().ravel(), [0, 3, 0, 0, 3, 0])
     out.backward(np.arange(6, dtype=np.float64).reshape(1, 1, 1, 6))
     np.testing.assert_array_equal(values.grad.numpy().ravel(), [1, 1, 4])
+
+
+def test_max_unpool_with_disjoint_windows_keeps_one_of_colliding_values_like_pytorch():
+    # max-pooling over disjoint windows never yields colliding switches; hand-made ones keep the last (PyTorch CPU too)
+    values = T([[[[1.0, 2.0, 3.0]]]])
+    out = F.max_unpool2d(values, mg.Tensor(np.array([[[[1, 1, 4]]]])), (1, 2), output_size=(1, 6))
+    np.testing.assert_array_equal(out.numpy().ravel(), [0, 2, 0, 0, 3, 0])
 
 
 def test_max_unpool_default_size_and_unbatched():

@@ -59,6 +59,17 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     """
     if cuda_kernels.usable(x):
         return cuda_kernels.im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
+    return get_array_module(x).ascontiguousarray(
+        window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value))
+
+
+def window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0):
+    """im2col's (N, C, kh, kw, OH, OW) windows as a strided view: no copy beyond the padding.
+
+    ``window_view(...)[:, :, ky, kx]`` is the (N, C, OH, OW) map of what kernel tap
+    (ky, kx) sees at every output position; ops that only combine taps (max-pooling)
+    loop over those instead of copying every window.
+    """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (pt, pl), (dh, dw), (oh, ow) = kernel_size, stride, pad_before, dilation, out_size
@@ -66,10 +77,9 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     need_w = (ow - 1) * sw + dw * (kw - 1) + 1
     x_pad = _pad_to(x, pt, pl, need_h, need_w, pad_value)
     sn, sc, sy, sx = x_pad.strides
-    windows = xp.lib.stride_tricks.as_strided(
+    return xp.lib.stride_tricks.as_strided(
         x_pad, shape=(n, c, kh, kw, oh, ow),
         strides=(sn, sc, sy * dh, sx * dw, sy * sh, sx * sw))
-    return xp.ascontiguousarray(windows)
 
 
 def col2im(col, input_size, stride, pad_before, dilation, out=None):

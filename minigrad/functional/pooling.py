@@ -1,11 +1,13 @@
 """Pooling: max_pool2d and max_unpool2d (one shared scatter), avg_pool2d. Window geometry is im2col's.
 
-Max-pooling gathers every window with ``im2col`` (padding reads -inf) and keeps,
-per window, the first maximum in row-major window order. Its *switches* are
-int64 flat positions ``h * W + w`` inside each input plane, exactly PyTorch's
-``return_indices``. The max-pool gradient and ``max_unpool2d`` are the same
-operation, "add each value at its switch", written once in ``_scatter_to_planes``;
-their adjoint, the unpool gradient, is the matching gather.
+Max-pooling reads every kernel tap of ``window_view`` (im2col's windows as a
+strided view; padding reads -inf), takes the elementwise maximum over the taps and
+then, per window, the first tap in row-major window order that reaches it: no
+copy of the windows. Its *switches* are int64 flat positions ``h * W + w`` inside
+each input plane, exactly PyTorch's ``return_indices``. The max-pool gradient and
+``max_unpool2d`` are the same operation, "put each value at its switch", written
+once in ``_scatter_to_planes``; their adjoint, the unpool gradient, is the
+matching gather ``_gather_from_planes``.
 
 Like PyTorch, every op here also takes one unbatched (C, H, W) image.
 """
@@ -15,7 +17,7 @@ from .. import cuda_kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
 from . import shape as _shape
-from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair
+from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair, window_view
 
 
 # --------------------------------------------------------------------- max_pool2d
@@ -43,32 +45,75 @@ def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
     (kh, kw), (oh, ow) = kernel, out_size
     first_inside = [_first_tap_inside(*axis) for axis in
                     zip(("height", "width"), (h, w), out_size, kernel, stride, padding, dilation)]
+    # Disjoint windows never share a switch, so their gradient is a plain store.
+    disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
     if cuda_kernels.usable(x.data):  # GPU fast path: one thread per window, same values and switches
         out, indices = cuda_kernels.max_pool2d(x.data, kernel, stride, padding, dilation, out_size)
-        result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w)),))
+        result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w), disjoint),))
         return result, Tensor._wrap(indices)
-    col = im2col(x.data, kernel, stride, padding, dilation, out_size, pad_value=_lowest(x.dtype))
-    col = col.reshape(n, c, kh * kw, oh, ow)
-    tap = col.argmax(axis=2)  # the first maximum in row-major window order, as in PyTorch
-    out = xp.take_along_axis(col, tap[:, :, None], axis=2)[:, :, 0]
-    del col
+    windows = window_view(x.data, kernel, stride, padding, dilation, out_size, pad_value=_lowest(x.dtype))
+    taps = [windows[:, :, ky, kx] for ky in range(kh) for kx in range(kw)]
+    out = _tap_maximum(xp, taps)
     needs_grad = is_grad_enabled() and x.requires_grad
     indices = None
     if need_indices or needs_grad:
+        tap = _first_tap_reaching(xp, taps, out)
         indices = _switches(xp, tap, (h, w), kernel, stride, padding, dilation, first_inside)
-    result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w)),))
+    del windows, taps
+    result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w), disjoint),))
     return result, (None if indices is None else Tensor._wrap(indices))
 
 
+def _tap_maximum(xp, taps):
+    """Elementwise maximum of the tap maps (NaN wins, as in a NaN-propagating max)."""
+    if len(taps) == 1:
+        return taps[0].copy()
+    out = xp.maximum(taps[0], taps[1])
+    for value in taps[2:]:
+        xp.maximum(out, value, out=out)
+    return out
+
+
+def _first_tap_reaching(xp, taps, out):
+    """Per window, the first tap in row-major order whose value is ``out`` (a NaN window: its first NaN).
+
+    Evaluates ``tap = miss_0 * (1 + miss_1 * (1 + ... miss_{K-2}))`` from the inside
+    out, ``miss_t`` meaning tap t is not the maximum: one compare and two in-place
+    integer ops per tap, on maps the size of the output.
+    """
+    nan_windows = out.dtype.kind == "f" and bool(xp.isnan(out).any())
+    tap = xp.zeros(out.shape, np.uint8 if len(taps) <= 255 else np.int64)
+    for value in reversed(taps[:-1]):
+        misses = value != out
+        if nan_windows:  # NaN != NaN: a NaN tap of a NaN window is a hit
+            misses &= value == value
+        tap += 1
+        tap *= misses
+    return tap
+
+
 def _switches(xp, tap, input_size, kernel, stride, padding, dilation, first_inside):
-    """Flat positions ``row * W + col`` in the input plane of each window's chosen tap."""
-    (h, w), (_, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel, stride, padding, dilation
+    """Flat positions ``row * W + col`` in the input plane of each window's chosen tap (int64).
+
+    Row and column of tap t relative to its window's corner come from small
+    per-tap tables, so each map costs one table lookup and one broadcast add.
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel, stride, padding, dilation
     oh, ow = tap.shape[2:]
-    rows = (xp.arange(oh, dtype=np.int64) * sh - ph)[:, None] + (tap // kw) * dh
-    cols = xp.arange(ow, dtype=np.int64) * sw - pw + (tap % kw) * dw
-    switches = rows * w + cols
+    tap_rows = xp.asarray(np.repeat(np.arange(kh, dtype=np.int64) * dh, kw))
+    tap_cols = xp.asarray(np.tile(np.arange(kw, dtype=np.int64) * dw, kh))
+    corner_rows = (xp.arange(oh, dtype=np.int64) * sh - ph)[:, None]
+    corner_cols = xp.arange(ow, dtype=np.int64) * sw - pw
+    switches = xp.take(tap_rows * w + tap_cols, tap)
+    switches += corner_rows * w + corner_cols
+    reaches_padding = (ph > 0 or pw > 0 or (oh - 1) * sh - ph + (kh - 1) * dh >= h
+                       or (ow - 1) * sw - pw + (kw - 1) * dw >= w)
+    if not reaches_padding:
+        return switches
     # A window whose input pixels are all -inf ties with its padding; PyTorch then
     # reports the window's first tap inside the input.
+    rows = xp.take(tap_rows, tap) + corner_rows
+    cols = xp.take(tap_cols, tap) + corner_cols
     in_padding = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
     first_row, first_col = (xp.asarray(f) for f in first_inside)
     return xp.where(in_padding, first_row[:, None] * w + first_col[None, :], switches)
@@ -97,8 +142,11 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     Like ``torch.nn.functional.max_unpool2d``: the default output size is
     ``(in - 1) * stride + kernel - 2 * padding`` per axis; ``output_size`` (2 entries,
     or 4 as in ``x.shape``) must lie strictly within ``default +- stride``. Where we
-    differ: values that share a switch (overlapping windows) are added, where
-    PyTorch keeps one of them; this makes unpooling the max-pool gradient exactly.
+    differ: with overlapping windows (stride < kernel_size on an axis) values that
+    share a switch are added, where PyTorch keeps one of them; this makes unpooling
+    the max-pool gradient exactly. With disjoint windows switches from max-pooling
+    never collide and a plain store is used; hand-made indices that collide then
+    keep one value, as in PyTorch (on the CPU, the last).
     """
     x, batched = _as_batch("max_unpool2d", input)
     switches = indices.data if isinstance(indices, Tensor) else get_array_module(x.data).asarray(indices)
@@ -112,29 +160,51 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     stride = kernel if stride is None or stride in ((), []) else pair(stride, "stride")
     out_size = _unpool_output_size(x.shape, kernel, stride, pair(padding, "padding"), output_size)
     _check_switches(switches, out_size)
-    n, c = x.shape[:2]
-    out = _scatter_to_planes(x.data, switches, out_size)
+    disjoint = all(s >= k for k, s in zip(kernel, stride))
+    out = _scatter_to_planes(x.data, switches, out_size, disjoint)
 
     def backward(g):  # the adjoint of a scatter is the gather at the same switches
-        planes = g.reshape(n * c, -1)
-        return (x.xp.take_along_axis(planes, switches.reshape(n * c, -1), axis=1).reshape(x.shape),)
+        return (_gather_from_planes(g, switches),)
     return _unbatch(_result(out, (x,), backward), batched)
 
 
-def _scatter_to_planes(values, switches, plane_size):
-    """Add ``values[n, c, ...]`` at flat position ``switches[n, c, ...]`` of plane ``(n, c)``.
+def _scatter_to_planes(values, switches, plane_size, disjoint):
+    """Put ``values[n, c, ...]`` at flat position ``switches[n, c, ...]`` of plane ``(n, c)``.
 
-    Returns (N, C, H, W). Both the max-pool gradient and max_unpool2d; where two
-    values share a switch they add. One bincount over all planes at once.
+    Returns (N, C, H, W), zero where no switch points. Both the max-pool gradient
+    and max_unpool2d. ``disjoint`` (the windows do not overlap, so switches from
+    max-pooling are distinct within a plane): one fancy-index store; otherwise
+    values that share a switch add, in one bincount over all planes.
     """
     xp = get_array_module(values)
     n, c = values.shape[:2]
+    if cuda_kernels.usable(values):
+        return cuda_kernels.scatter_to_planes(values, switches, plane_size, accumulate=not disjoint)
     plane = plane_size[0] * plane_size[1]
-    offsets = xp.arange(n * c, dtype=np.int64).reshape((n, c) + (1,) * (values.ndim - 2)) * plane
-    flat = (switches + offsets).ravel()
+    flat = _flat_switches(xp, switches, plane).ravel()
     total = n * c * plane
+    if disjoint:
+        out = xp.zeros(total, dtype=values.dtype)
+        out[flat] = values.ravel()
+        return out.reshape((n, c) + tuple(plane_size))
     summed = xp.bincount(flat, weights=values.ravel(), minlength=max(total, 1))[:total]
     return summed.astype(values.dtype, copy=False).reshape((n, c) + tuple(plane_size))
+
+
+def _gather_from_planes(planes, switches):
+    """``planes[n, c].ravel()[switches[n, c, ...]]`` for every plane: the adjoint of the scatter."""
+    xp = get_array_module(planes)
+    if cuda_kernels.usable(planes):
+        return cuda_kernels.gather_from_planes(planes, switches)
+    plane = planes.shape[2] * planes.shape[3]
+    return xp.ascontiguousarray(planes).ravel()[_flat_switches(xp, switches, plane)]
+
+
+def _flat_switches(xp, switches, plane):
+    """Switches as flat positions in the whole (N, C, H, W) array: plane (n, c) starts at (n*C + c) * plane."""
+    n, c = switches.shape[:2]
+    offsets = xp.arange(0, n * c * plane, plane, dtype=np.int64).reshape((n, c) + (1,) * (switches.ndim - 2))
+    return switches + offsets
 
 
 def _unpool_output_size(shape, kernel, stride, padding, output_size):
@@ -161,8 +231,10 @@ def _unpool_output_size(shape, kernel, stride, padding, output_size):
 
 def _check_switches(switches, out_size):
     plane = out_size[0] * out_size[1]
+    if not switches.size or (int(switches.min()) >= 0 and int(switches.max()) < plane):
+        return  # two reductions; the elementwise search below only runs to word the error
     bad = (switches < 0) | (switches >= plane)
-    if switches.size and bool(bad.any()):
+    if bool(bad.any()):
         where = tuple(int(i) for i in np.unravel_index(int(bad.ravel().argmax()), switches.shape))
         raise IndexError(f"max_unpool2d: indices must lie in [0, {plane}) for output planes of size "
                          f"{tuple(out_size)}; {int(bad.sum())} do not, e.g. {int(switches[where])} at {where}")
