@@ -1,4 +1,6 @@
 """Batch normalisation: one fused op with the standard closed-form backward."""
+from .. import cuda_kernels
+from ..backend import get_array_module
 from ..tensor import Tensor, _result
 
 
@@ -52,16 +54,15 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     channels = _check_batch_norm_shapes(input, running_mean, running_var, weight, bias)
     xp, x = input.xp, input.data
-    axes = (0,) + tuple(range(2, input.ndim))
     per_channel = (1, channels) + (1,) * (input.ndim - 2)  # broadcasts a (C,) array against x
     count = input.numel() // channels
 
     if training:
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
-        mean = x.mean(axis=axes)
+        mean = _channel_sum(x) / count
         centered = x - mean.reshape(per_channel)
-        var = (centered * centered).mean(axis=axes)
+        var = _channel_dot(centered, centered) / count  # biased; two passes for accuracy
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
@@ -69,27 +70,46 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         centered = x - running_mean.data.astype(x.dtype, copy=False).reshape(per_channel)
         var = running_var.data.astype(x.dtype, copy=False)
 
+    # xhat = centered * inv_std is never stored: out and every gradient fold inv_std into per-channel factors.
     inv_std = 1 / xp.sqrt(var + eps)
-    xhat = centered * inv_std.reshape(per_channel)
     scale = xp.ones(channels, dtype=x.dtype) if weight is None else weight.data.astype(x.dtype, copy=False)
-    out = xhat * scale.reshape(per_channel)
+    out = centered * (scale * inv_std).reshape(per_channel)
     if bias is not None:
-        out = out + bias.data.astype(x.dtype, copy=False).reshape(per_channel)
-
-    def input_grad(g):
-        g_scaled = g * (scale * inv_std).reshape(per_channel)
-        if not training:
-            return g_scaled
-        mean_g = g_scaled.mean(axis=axes, keepdims=True)
-        mean_g_xhat = (g_scaled * xhat).mean(axis=axes, keepdims=True)
-        return g_scaled - mean_g - xhat * mean_g_xhat
+        out += bias.data.astype(x.dtype, copy=False).reshape(per_channel)
 
     def backward(g):
-        grads = [input_grad(g) if input.requires_grad else None]
+        need_input = input.requires_grad
+        need_weight = weight is not None and weight.requires_grad
+        need_bias = bias is not None and bias.requires_grad
+        sum_g = _channel_sum(g) if need_bias or (need_input and training) else None
+        sum_g_centered = _channel_dot(g, centered) if need_weight or (need_input and training) else None
+        grads = [None]
+        if need_input:
+            gain = scale * inv_std
+            grads[0] = g * gain.reshape(per_channel)
+            if training:  # - gain * (mean(g) + xhat * mean(g * xhat))
+                correction = centered * (gain * inv_std * inv_std * sum_g_centered / count).reshape(per_channel)
+                correction += (gain * sum_g / count).reshape(per_channel)
+                grads[0] -= correction
         if weight is not None:
-            grads.append((g * xhat).sum(axis=axes) if weight.requires_grad else None)
+            grads.append(sum_g_centered * inv_std if need_weight else None)
         if bias is not None:
-            grads.append(g.sum(axis=axes) if bias.requires_grad else None)
+            grads.append(sum_g if need_bias else None)
         return tuple(grads)
     parents = (input,) + tuple(p for p in (weight, bias) if p is not None)
     return _result(out, parents, backward)
+
+
+def _channel_sum(a):
+    """Sum over every axis but the channel axis 1."""
+    if cuda_kernels.usable(a):
+        return cuda_kernels.channel_sums(a)[0]
+    return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
+
+
+def _channel_dot(a, b):
+    """Per channel, sum of ``a * b`` without the product array (einsum on the CPU, one kernel on a GPU)."""
+    if cuda_kernels.usable(a):
+        return cuda_kernels.channel_sums(a, b)[1]
+    n, c = a.shape[:2]
+    return get_array_module(a).einsum("ncl,ncl->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
