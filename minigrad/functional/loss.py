@@ -192,24 +192,45 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         return _squeezed(out, reduction, squeeze)
 
     classes, smoothing = input.shape[1], label_smoothing
-    # per-class weight broadcast against (N, C, d...): the smoothing term's weights
-    per_class = 1.0 if class_weight is None else class_weight.reshape((1, classes) + (1,) * (input.ndim - 2))
-    logp = _log_softmax_classes(input.data)
-    loss = -target_weight * input.xp.take_along_axis(logp, index[:, None], axis=1)[:, 0]
-    if smoothing > 0:
-        smooth = -(logp * per_class).sum(axis=1) * valid
+    xp, x = input.xp, input.data
+    # Softmax kept as exp(x - max) and its per-element sum: the backward scales it in one pass.
+    top = x.max(axis=1, keepdims=True)
+    exp_shifted = x - top
+    xp.exp(exp_shifted, out=exp_shifted)
+    exp_sum = exp_shifted.sum(axis=1, keepdims=True)
+    log_sum_exp = (top + xp.log(exp_sum))[:, 0]
+    target_at = _flat_class_positions(index, classes)  # where x[n, target, ...] sits in x.ravel()
+    loss = target_weight * (log_sum_exp - xp.ascontiguousarray(x).ravel()[target_at])
+    if smoothing > 0:  # sum_c w[c] * -logp[c] = lse * sum(w) - sum_c w[c] * x[c]
+        class_w = xp.ones(classes, x.dtype) if class_weight is None else class_weight
+        weighted_logits = xp.einsum("nc...,c->n...", x, class_w)
+        smooth = (log_sum_exp * class_w.sum() - weighted_logits) * valid
         loss = (1 - smoothing) * loss + (smoothing / classes) * smooth
     out, normaliser = _reduce(loss, target_weight, reduction)
 
     def backward(g):
-        factor = _upstream_per_element(g, normaliser, valid)[:, None]
-        coef = (1 - smoothing) * target_weight[:, None] * _one_hot(index, classes, input.dtype)
+        factor = _upstream_per_element(g, normaliser, valid)
         total_weight = (1 - smoothing) * target_weight
         if smoothing > 0:
-            coef = coef + (smoothing / classes) * per_class
             total_weight = total_weight + smoothing * (1.0 if class_weight is None else class_weight.mean())
-        return (factor * (total_weight[:, None] * input.xp.exp(logp) - coef),)
+        grad = exp_shifted * (factor * total_weight / exp_sum[:, 0])[:, None]  # S * softmax * upstream factor
+        grad.ravel()[target_at] -= factor * (1 - smoothing) * target_weight  # the one-hot part of coef
+        if smoothing > 0:
+            per_class = xp.ones(classes, x.dtype) if class_weight is None else class_weight
+            grad -= factor[:, None] * (smoothing / classes) * per_class.reshape((1, classes) + (1,) * (x.ndim - 2))
+        return (grad,)
     return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+def _flat_class_positions(index, classes):
+    """For (N, d...) class indices, the flat position of element [n, index, d...] in a contiguous (N, C, d...) array."""
+    xp = get_array_module(index)
+    n = index.shape[0]
+    per_sample = index.size // max(n, 1)
+    positions = index.reshape(n, per_sample) * per_sample
+    positions += xp.arange(0, n * classes * per_sample, classes * per_sample, dtype=np.int64)[:, None]
+    positions += xp.arange(per_sample, dtype=np.int64)
+    return positions.reshape(index.shape)
 
 
 def _cross_entropy_cuda(input, index, valid, target_weight, class_weight, smoothing, reduction):
