@@ -1,7 +1,7 @@
-"""Hand-written CUDA kernels: the GPU fast paths of im2col, col2im and max-pooling.
+"""Hand-written CUDA kernels: the GPU fast paths of im2col, col2im, pooling, cross-entropy and batch norm.
 
 Each kernel computes exactly what the generic array code beside its op computes
-(the tests on a GPU compare the two), one thread per output element:
+(the tests on a GPU compare the two), one thread per output element unless said otherwise:
 
 - ``im2col``: one thread per column entry, ``pad_value`` where the tap is in the padding.
 - ``col2im``: a gather, one thread per input pixel, summing the column entries of
@@ -11,6 +11,15 @@ Each kernel computes exactly what the generic array code beside its op computes
 - ``cross_entropy``: log-softmax, target gather, class weights and label smoothing
   fused; forward one thread per pixel (keeping its log-sum-exp), backward one
   thread per logit. Range checks and the reduction stay in the generic code.
+- ``scatter_to_planes``: one thread per value, written into zeroed (H*W) planes at its
+  switch; ``accumulate`` adds with atomicAdd (exact, so deterministic, while a plane's
+  switches are distinct), otherwise one of the values sharing a switch is kept, as in
+  PyTorch's max_unpool2d. Switches are trusted: range checks stay in the generic code.
+- ``gather_from_planes``: its adjoint, one thread per switch reading its plane entry.
+- ``channel_sums``: batch norm's per-channel sums of (a - shift_a) and
+  (a - shift_a) * (b - shift_b); each block reduces a fixed share of one channel
+  through a shared-memory tree into one partial, the wrapper sums the partials:
+  deterministic, no atomics.
 
 They are compiled by CuPy (NVRTC) on first use and cached per dtype. Set
 ``MINIGRAD_CUDA_KERNELS=0`` to run the generic array code on CuPy instead.
@@ -133,8 +142,61 @@ extern "C" __global__ void cross_entropy_backward(const T* x, const long long* t
         grad[i] = factor[pixel] * (scale * exp(x[i] - lse[pixel]) - coef);
     }
 }
+
+/* values, switches: (N, C, L); out: (N, C, P) planes, zeroed before the launch. Adding to 0 is
+   exact, so accumulate = 1 is deterministic wherever a plane's switches are distinct. */
+extern "C" __global__ void scatter_to_planes(const T* values, const long long* switches, T* out,
+        long long total, long long L, long long P, int accumulate) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        T* target = out + (i / L) * P + switches[i];   /* plane i / L = n * C + c */
+        if (accumulate) atomicAdd(target, values[i]);
+        else *target = values[i];
+    }
+}
+
+extern "C" __global__ void gather_from_planes(const T* planes, const long long* switches, T* out,
+        long long total, long long L, long long P) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x)
+        out[i] = planes[(i / L) * P + switches[i]];
+}
+
+/* a, b: contiguous (N, C, L). Block (p, c) sums (a - shift_a[c]) and (a - shift_a[c]) * (b - shift_b[c])
+   over its grid-stride share of channel c's N * L elements (k = n * L + l: coalesced along l) and
+   writes them to partial_a[c * gridDim.x + p], partial_ab[...]. The tree needs blockDim a power of
+   two, at most 256; with blockDim 1 (the host build) it does not run. */
+extern "C" __global__ void channel_sums(const T* a, const T* b, const T* shift_a, const T* shift_b,
+        T* partial_a, T* partial_ab, long long N, int C, long long L) {
+    __shared__ T sum_a[256], sum_ab[256];
+    for (int c = blockIdx.y; c < C; c += gridDim.y) {
+        T sa = shift_a[c], sb = shift_b[c], da_total = 0, dadb_total = 0;
+        for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < N * L;
+             k += (long long)blockDim.x * gridDim.x) {
+            long long at = (k / L * C + c) * L + k % L;
+            T da = a[at] - sa;
+            da_total += da;
+            dadb_total += da * (b[at] - sb);
+        }
+        sum_a[threadIdx.x] = da_total;
+        sum_ab[threadIdx.x] = dadb_total;
+        __syncthreads();
+        for (int half = blockDim.x / 2; half > 0; half /= 2) {
+            if (threadIdx.x < half) {
+                sum_a[threadIdx.x] += sum_a[threadIdx.x + half];
+                sum_ab[threadIdx.x] += sum_ab[threadIdx.x + half];
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            partial_a[(long long)c * gridDim.x + blockIdx.x] = sum_a[0];
+            partial_ab[(long long)c * gridDim.x + blockIdx.x] = sum_ab[0];
+        }
+    }
+}
 """
-KERNEL_NAMES = ("im2col", "col2im", "max_pool", "cross_entropy_forward", "cross_entropy_backward")
+KERNEL_NAMES = ("im2col", "col2im", "max_pool", "cross_entropy_forward", "cross_entropy_backward",
+                "scatter_to_planes", "gather_from_planes", "channel_sums")
 
 
 def source_for(dtype):
@@ -153,9 +215,13 @@ def _module(dtype_name):
     return cp.RawModule(code=source_for(dtype_name), options=("--std=c++11",))
 
 
+def _kernel(name, array):
+    return _module(np.dtype(array.dtype).name).get_function(name)
+
+
 def _launch(name, array, total, args):
     """Run kernel ``name`` for ``array``'s dtype over ``total`` elements (grid-stride loop)."""
-    kernel = _module(np.dtype(array.dtype).name).get_function(name)
+    kernel = _kernel(name, array)
     blocks = int(min(max((total + _THREADS - 1) // _THREADS, 1), 65535 * 8))
     kernel((blocks,), (_THREADS,), args)
 
@@ -232,3 +298,54 @@ def cross_entropy_backward(x, index, class_weight, lse, factor, smoothing):
         np.int64(total), np.int32(classes), np.int64(lse.size // max(x.shape[0], 1)),
         x.dtype.type(smoothing), x.dtype.type(float(weight.mean()))))
     return grad
+
+
+def _per_plane(shape):
+    """Elements per (n, c) plane of an (N, C, ...) shape."""
+    return int(np.prod(shape[2:], dtype=np.int64))
+
+
+def scatter_to_planes(values, switches, plane_size, accumulate):
+    """(N, C, ...) values into zeroed (N, C, H, W) planes at their switches: shared switches add
+    if ``accumulate``, else one of their values is kept (max_unpool2d)."""
+    cp = backend.cupy()
+    values = cp.ascontiguousarray(values)
+    out = cp.zeros(values.shape[:2] + tuple(plane_size), dtype=values.dtype)
+    total = values.size
+    _launch("scatter_to_planes", values, total, (
+        values, cp.ascontiguousarray(switches, np.int64), out, np.int64(total),
+        np.int64(_per_plane(values.shape)), np.int64(_per_plane(out.shape)), np.int32(bool(accumulate))))
+    return out
+
+
+def gather_from_planes(planes, switches):
+    """The (N, C, H, W) planes' entries at (N, C, ...) switches: the adjoint of ``scatter_to_planes``."""
+    cp = backend.cupy()
+    planes = cp.ascontiguousarray(planes)
+    switches = cp.ascontiguousarray(switches, np.int64)
+    out = cp.empty(switches.shape, dtype=planes.dtype)
+    total = out.size
+    _launch("gather_from_planes", planes, total, (
+        planes, switches, out, np.int64(total), np.int64(_per_plane(switches.shape)),
+        np.int64(_per_plane(planes.shape))))
+    return out
+
+
+def channel_sums(a, b=None, shift_a=None, shift_b=None):
+    """Per-channel (sum of (a - shift_a), sum of (a - shift_a) * (b - shift_b)) over all but axis 1
+    of (N, C, ...) arrays; b defaults to a, shift_a to 0, shift_b to shift_a. Deterministic."""
+    cp = backend.cupy()
+    a = cp.ascontiguousarray(a)
+    n, c = a.shape[:2]
+    length = _per_plane(a.shape)
+    b = a if b is None else cp.ascontiguousarray(b, a.dtype)
+    shift_a = cp.zeros(c, a.dtype) if shift_a is None else cp.ascontiguousarray(shift_a, a.dtype).reshape(c)
+    shift_b = shift_a if shift_b is None else cp.ascontiguousarray(shift_b, a.dtype).reshape(c)
+    # Up to 64 blocks a channel, to fill the GPU when C is small; past one block, >= 8 elements a thread.
+    blocks = int(min(64, max(-(-n * length // (_THREADS * 8)), 1)))
+    partial = cp.empty((2, c, blocks), dtype=a.dtype)
+    if c > 0:
+        _kernel("channel_sums", a)((blocks, min(c, 65535)), (_THREADS,), (
+            a, b, shift_a, shift_b, partial[0], partial[1], np.int64(n), np.int32(c), np.int64(length)))
+    sums = partial.sum(axis=2)  # a fixed order over the partials
+    return sums[0], sums[1]

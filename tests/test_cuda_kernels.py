@@ -3,7 +3,8 @@
 The kernels use a grid-stride loop, so compiled as plain C++ with one block of
 one thread they visit every element in order: the same code, run on the CPU.
 These tests build them that way with the host compiler, call them through
-ctypes, and compare with the generic NumPy code of im2col, col2im and max-pooling.
+ctypes, and compare with the generic NumPy code of im2col, col2im, max-pooling
+and cross-entropy, or with NumPy itself for the scatter, gather and channel sums.
 A second test compiles the source with nvcc for Hopper where nvcc is installed.
 """
 import ctypes
@@ -22,8 +23,11 @@ HOST_PRELUDE = r"""
 #include <cmath>
 using std::isnan; using std::exp; using std::log;
 #define __global__
-struct Dim3 { long long x; };
-static const Dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+#define __shared__ static
+#define __syncthreads()
+#define atomicAdd(address, value) (*(address) += (value))
+struct Dim3 { long long x, y; };
+static const Dim3 blockIdx = {0, 0}, threadIdx = {0, 0}, blockDim = {1, 1}, gridDim = {1, 1};
 """
 
 
@@ -134,6 +138,116 @@ def test_cross_entropy_kernels_match_numpy(host_kernels, smoothing, weighted):
                                ctypes.c_longlong(grad.size), ctypes.c_int(classes), ctypes.c_longlong(h * w),
                                c_scalar(smoothing), c_scalar(weight_array.mean()))
     np.testing.assert_allclose(grad, x.grad.numpy(), **tolerance)
+
+
+PLANES = (2, 3, 9, 10)  # (N, C, H, W) of the scatter and gather tests
+
+
+def _switches(source, rng):
+    """int64 switches into PLANES that collide: an overlapping 3x3 / 2 max-pool's, or random ones."""
+    n, c, h, w = PLANES
+    if source == "max_pool":
+        x = mg.Tensor(rng.standard_normal(PLANES))
+        switches = F.max_pool2d(x, 3, 2, padding=1, return_indices=True)[1].numpy()
+    else:
+        switches = rng.integers(0, h * w, (n, c, 7, 5))
+    return np.ascontiguousarray(switches, dtype=np.int64)
+
+
+def _scatter(lib, values, switches, accumulate):
+    n, c, h, w = PLANES
+    out = np.zeros(PLANES, dtype=values.dtype)  # the wrapper zero-fills
+    lib.scatter_to_planes(_ptr(values), _ptr(switches), _ptr(out), ctypes.c_longlong(values.size),
+                          ctypes.c_longlong(values[0, 0].size), ctypes.c_longlong(h * w), ctypes.c_int(accumulate))
+    return out.reshape(n * c, h * w)
+
+
+def _plane_rows(switches):
+    """The plane (n * C + c) of every switch, in flat order."""
+    return np.arange(switches.shape[0] * switches.shape[1]).repeat(switches[0, 0].size)
+
+
+@pytest.mark.parametrize("source", ["max_pool", "random"])
+def test_scatter_to_planes_kernel_adds_shared_switches(host_kernels, source):
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(3)
+    switches = _switches(source, rng)
+    rows = _plane_rows(switches)
+    assert len(set(zip(rows, switches.ravel()))) < switches.size  # the test needs collisions
+    values = rng.standard_normal(switches.shape).astype(dtype)
+    expected = np.zeros((rows[-1] + 1, PLANES[2] * PLANES[3]))
+    np.add.at(expected, (rows, switches.ravel()), values.ravel().astype(np.float64))
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_scatter(lib, values, switches, 1), expected, **tolerance)
+
+
+def test_scatter_to_planes_kernel_stores_without_accumulate(host_kernels):
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(4)
+    n, c, h, w = PLANES
+    distinct = np.stack([rng.permutation(h * w)[:12] for _ in range(n * c)]).reshape(n, c, 3, 4)
+    rows = _plane_rows(distinct)
+    values = rng.standard_normal(distinct.shape).astype(dtype)
+    expected = np.zeros((n * c, h * w), dtype)
+    expected[rows, distinct.ravel()] = values.ravel()
+    np.testing.assert_array_equal(_scatter(lib, values, distinct, 0), expected)
+    np.testing.assert_array_equal(_scatter(lib, values, distinct, 1), expected)  # adding to 0 is exact
+
+    shared = _switches("random", rng)  # a shared switch keeps one of its values
+    rows = _plane_rows(shared)
+    values = rng.standard_normal(shared.shape).astype(dtype)
+    out = _scatter(lib, values, shared, 0)
+    for row, switch in set(zip(rows, shared.ravel())):
+        assert out[row, switch] in values.ravel()[(rows == row) & (shared.ravel() == switch)]
+    untouched = np.ones(out.shape, bool)
+    untouched[rows, shared.ravel()] = False
+    assert not out[untouched].any()
+
+
+@pytest.mark.parametrize("source", ["max_pool", "random"])
+def test_gather_from_planes_kernel_matches_take_along_axis(host_kernels, source):
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(5)
+    switches = _switches(source, rng)
+    n, c, h, w = PLANES
+    planes = rng.standard_normal(PLANES).astype(dtype)
+    expected = np.take_along_axis(planes.reshape(n, c, -1), switches.reshape(n, c, -1), axis=2)
+    out = np.full(switches.shape, np.nan, dtype)  # poisoned: every entry must be written
+    lib.gather_from_planes(_ptr(planes), _ptr(switches), _ptr(out), ctypes.c_longlong(out.size),
+                           ctypes.c_longlong(out[0, 0].size), ctypes.c_longlong(h * w))
+    np.testing.assert_array_equal(out, expected.reshape(switches.shape))
+
+
+CHANNEL_SHAPES = [(2, 3, 5, 7), (3, 4, 1), (7, 3), (1, 1, 13), (5, 2, 3, 3, 3), (4, 1, 6, 5)]
+
+
+@pytest.mark.parametrize("use", ["plain", "variance", "backward"])
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES, ids=str)
+def test_channel_sums_kernel_matches_numpy(host_kernels, shape, use):
+    """Batch norm's uses: sums of x and x**2, of x - mean and its square, of g and g * (x - mean)."""
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(6)
+    n, c = shape[:2]
+    axes = (0,) + tuple(range(2, len(shape)))
+    x = (rng.standard_normal(shape) * 3 + 10).astype(dtype)  # off-centre: the shift matters
+    mean = x.astype(np.float64).mean(axis=axes).astype(dtype)
+    zeros = np.zeros(c, dtype)
+    a, b, shift_a, shift_b = {
+        "plain": (x, x, zeros, zeros),
+        "variance": (x, x, mean, mean),
+        "backward": (rng.standard_normal(shape).astype(dtype), x, zeros, mean),
+    }[use]
+    channel = (1, c) + (1,) * (len(shape) - 2)
+    da = a.astype(np.float64) - shift_a.reshape(channel)
+    dadb = da * (b.astype(np.float64) - shift_b.reshape(channel))
+
+    partial_a, partial_ab = np.full(c, np.nan, dtype), np.full(c, np.nan, dtype)  # host: one block a channel
+    lib.channel_sums(_ptr(a), _ptr(b), _ptr(shift_a), _ptr(shift_b), _ptr(partial_a), _ptr(partial_ab),
+                     ctypes.c_longlong(n), ctypes.c_int(c), ctypes.c_longlong(a[0, 0].size))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, terms in ((partial_a, da), (partial_ab, dadb)):
+        # A sum's rounding scales with its terms, not with the sum (near 0 once shifted by the mean).
+        np.testing.assert_allclose(got, terms.sum(axis=axes), rtol=rtol, atol=rtol * np.abs(terms).sum(axis=axes).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,6 +7,7 @@ import pytest
 
 import minigrad as mg
 import minigrad.functional as F
+from minigrad import backend, cuda_kernels
 
 pytestmark = [
     pytest.mark.gpu,
@@ -76,6 +77,69 @@ def test_cross_entropy_and_batch_norm_match_cpu(dtype):
         results[device] = [loss.numpy(), logits.grad.numpy(), gamma.grad.numpy(), mean.numpy(), var.numpy()]
     for cpu, gpu in zip(results["cpu"], results["gpu"]):
         np.testing.assert_allclose(gpu, cpu, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scatter_and_gather_kernels_match_numpy(dtype):
+    """The unpooling kernels called directly: overlapping 3x3 / 2 max-pool switches collide."""
+    cp = backend.cupy()
+    rng = np.random.default_rng(3)
+    n, c, h, w = 2, 3, 9, 10
+    switches = F.max_pool2d(mg.Tensor(rng.standard_normal((n, c, h, w))), 3, 2, padding=1,
+                            return_indices=True)[1].numpy()
+    rows = np.arange(n * c).repeat(switches[0, 0].size)
+    values = rng.standard_normal(switches.shape).astype(dtype)
+    added = np.zeros((n * c, h * w))
+    np.add.at(added, (rows, switches.ravel()), values.ravel().astype(np.float64))
+    got = cuda_kernels.scatter_to_planes(cp.asarray(values), cp.asarray(switches), (h, w), accumulate=True)
+    assert got.shape == (n, c, h, w) and got.dtype == dtype
+    np.testing.assert_allclose(got.get().reshape(n * c, -1), added, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+    kept = cuda_kernels.scatter_to_planes(cp.asarray(values), cp.asarray(switches), (h, w), accumulate=False).get()
+    for row, switch in set(zip(rows, switches.ravel())):  # a shared switch keeps one of its values
+        assert kept.reshape(n * c, -1)[row, switch] in values.ravel()[(rows == row) & (switches.ravel() == switch)]
+
+    distinct = np.stack([rng.permutation(h * w)[:12] for _ in range(n * c)]).reshape(n, c, 3, 4)
+    values = rng.standard_normal(distinct.shape).astype(dtype)
+    stored = np.zeros((n * c, h * w), dtype)
+    stored[np.arange(n * c).repeat(12), distinct.ravel()] = values.ravel()
+    for accumulate in (False, True):  # adding to 0 is exact: both modes give the assignment
+        got = cuda_kernels.scatter_to_planes(cp.asarray(values), cp.asarray(distinct), (h, w), accumulate)
+        np.testing.assert_array_equal(got.get().reshape(n * c, -1), stored)
+
+    planes = rng.standard_normal((n, c, h, w)).astype(dtype)
+    got = cuda_kernels.gather_from_planes(cp.asarray(planes), cp.asarray(switches))
+    expected = np.take_along_axis(planes.reshape(n, c, -1), switches.reshape(n, c, -1), axis=2)
+    assert got.shape == switches.shape and got.dtype == dtype
+    np.testing.assert_array_equal(got.get(), expected.reshape(switches.shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (7, 3), (4, 2, 40, 40), (2, 1, 300, 300)], ids=str)
+def test_channel_sums_kernel_matches_numpy(shape, dtype):
+    """Batch norm's three uses, from one block a channel up to the 64-block cap; bitwise repeatable."""
+    cp = backend.cupy()
+    rng = np.random.default_rng(4)
+    axes = (0,) + tuple(range(2, len(shape)))
+    channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    x = (rng.standard_normal(shape) * 3 + 10).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    mean = x.astype(np.float64).mean(axis=axes).astype(dtype)
+    centred = x.astype(np.float64) - mean.reshape(channel)
+    uses = [  # (wrapper arguments, the float64 terms of S1 and S2)
+        ((x,), (x.astype(np.float64), x.astype(np.float64) ** 2)),
+        ((x, None, mean), (centred, centred ** 2)),
+        ((g, x, None, mean), (g.astype(np.float64), g * centred)),
+    ]
+    for args, terms in uses:
+        on_gpu = [None if v is None else cp.asarray(v) for v in args]
+        sums = cuda_kernels.channel_sums(*on_gpu)
+        for got, again, term in zip(sums, cuda_kernels.channel_sums(*on_gpu), terms):
+            assert got.shape == (shape[1],) and got.dtype == dtype
+            np.testing.assert_array_equal(again.get(), got.get())
+            # A sum's rounding scales with its terms, not with the sum (near 0 once centred).
+            np.testing.assert_allclose(got.get(), term.sum(axis=axes), rtol=TOLERANCE[dtype],
+                                       atol=TOLERANCE[dtype] * np.abs(term).sum(axis=axes).max())
 
 
 @pytest.mark.parametrize("net,options,size", [
