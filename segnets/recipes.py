@@ -17,10 +17,14 @@ images on a CPU.
 * Adam instead of SGD: from scratch, the FCNs (13 VGG convs, no batch norm)
   hardly move under SGD in this budget; Adam's per-weight step sizes get them going
   (FCN-8s on its PyTorch twin: val mIoU 0.22 after 30 epochs at lr 1e-3, 0.52
-  after 45 at 3e-3; minigrad's FCN-8s with this recipe at 45 epochs: 0.54). DeconvNet stays near
-  the background-only solution (mIoU ~0.15) with every setting tried (SGD 0.05,
-  Adam 1e-3/2e-3/3e-3, fc_kernel 1 or 2, median-frequency weights): from scratch
-  on 64x64 images it needs far more than ten minutes; the paper starts from VGG16.
+  after 45 at 3e-3; minigrad's FCN-8s with this recipe at 45 epochs: 0.54).
+* DeconvNet keeps the paper's SGD (lr 0.01, momentum 0.9), at a constant rate: it is
+  about 30 layers deep without a shortcut, and from scratch every Adam setting tried
+  (lr 3e-4..1e-2, fc_kernel 1 or 2, width 16, median-frequency weights) and SGD at
+  0.1 stayed at the background-only solution (mIoU 0.131) for 12-25 epochs, while
+  SGD 0.01 on its PyTorch twin left it (train loss 0.65, val mIoU 0.18 after 25
+  epochs, still falling). It stays the slowest learner here; the paper starts its
+  encoder from ImageNet VGG16 (``segnets.load_torch_state_dict``).
 * FCN's ``pad100`` (100 px of zero padding so any input fits the 7x7 fc6) would
   make every conv work on 264x264 instead of 64x64 (17x the compute), so it is off,
   with a 1x1 fc6 (``fc_kernel=1``; FCN needs an odd kernel): a 64x64 input is
@@ -60,8 +64,8 @@ RECIPES = {
                "model_options": {"pad100": False, "fc_kernel": 1}},
     "fcn8s": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 55,
               "model_options": {"pad100": False, "fc_kernel": 1}},
-    "deconvnet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 1e-3, "epochs": 30,
-                  "model_options": {"fc_kernel": 1}},
+    "deconvnet": {"width": 8, "crop_size": 64, "optimizer": "sgd", "lr": 1e-2, "lr_schedule": "constant",
+                  "epochs": 30, "model_options": {"fc_kernel": 1}},
     "unet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 36,
              "model_options": {"padding": "same", "batch_norm": True}},
 }
