@@ -5,6 +5,9 @@ closure ``backward(grad) -> tuple of parent gradients`` (None where a parent
 needs none). ``Tensor.backward`` sorts the graph topologically and calls those
 closures from the output back to the leaves; gradients of intermediate tensors
 live only in that walk, so calling backward twice never double-counts them.
+As in PyTorch, the walk frees the graph as it goes (each node drops its closure and
+its parents once its gradient has been passed on, so activations are released
+during the backward, not after it) unless ``retain_graph=True``.
 """
 import contextlib
 
@@ -185,8 +188,12 @@ class Tensor:
         return self.to(dtype=dtype)
 
     # ----------------------------------------------------------------- autograd
-    def backward(self, grad=None):
-        """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires grad."""
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires grad.
+
+        Like PyTorch, frees the graph on the way (a second backward through it raises)
+        unless ``retain_graph=True``.
+        """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
         if grad is None:
@@ -199,18 +206,25 @@ class Tensor:
                 raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, output has shape {self.shape}")
 
         pending = {id(self): grad}
-        for node in reversed(_topological_order(self)):
+        order = _topological_order(self)
+        while order:
+            node = order.pop()  # children before parents; popping drops the walk's reference
             g = pending.pop(id(node), None)
+            if node._backward is None:
+                if g is not None:
+                    node._accumulate(g)
+                continue
+            parents, backward = node._parents, node._backward
+            if not retain_graph:
+                node._parents, node._backward = (), _graph_freed
             if g is None:
                 continue
-            if node._backward is None:
-                node._accumulate(g)
-                continue
-            for parent, parent_grad in zip(node._parents, node._backward(g)):
+            for parent, parent_grad in zip(parents, backward(g)):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
                 pending[key] = parent_grad if key not in pending else pending[key] + parent_grad
+            del parents, backward, g
 
     def _accumulate(self, g):
         if g.dtype != self.dtype:
@@ -223,6 +237,11 @@ class Tensor:
 
     def zero_grad(self):
         self.grad = None
+
+
+def _graph_freed(_):
+    raise RuntimeError("backward through a graph that an earlier backward() already freed; "
+                       "call the first backward(retain_graph=True) to walk it again")
 
 
 def _topological_order(root):

@@ -419,3 +419,21 @@ def test_bad_arguments_raise_readable_errors(call, words):
         call()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_weight_grad_folds_the_batch_when_maps_are_small(groups):
+    # more output channels per group than positions (fc layers): the batch is folded into one
+    # product; the result must equal the per-sample sum, which takes the unfolded path
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 4, 3, 3))
+    w = rng.standard_normal((12, 4 // groups, 2, 2))
+    gy = rng.standard_normal((3, 12, 2, 2))
+    weight = Tensor(w, requires_grad=True)
+    conv2d(Tensor(x), weight, groups=groups).backward(gy)
+    per_sample = np.zeros_like(w)
+    for i in range(3):
+        single = Tensor(w, requires_grad=True)
+        conv2d(Tensor(x[i:i + 1]), single, groups=groups).backward(gy[i:i + 1])
+        per_sample += single.grad.numpy()
+    np.testing.assert_allclose(weight.grad.numpy(), per_sample, rtol=1e-12, atol=1e-12)

@@ -1,4 +1,7 @@
 """The core: Tensor, the graph walk, elementwise/reduction/shape ops and gradcheck."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -72,13 +75,27 @@ def test_backward_twice_does_not_double_count_intermediates():
     x = mg.Tensor([1.0, 2.0], requires_grad=True)
     h = x * 3
     y = (h * h).sum()
-    y.backward()
+    y.backward(retain_graph=True)
     first = x.grad.numpy().copy()
     x.grad = None
-    y.backward()
+    y.backward(retain_graph=True)
     np.testing.assert_allclose(x.grad.numpy(), first)
     y.backward()  # leaves accumulate, as in PyTorch with retain_graph=True
     np.testing.assert_allclose(x.grad.numpy(), 2 * first)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):  # the last call freed the graph
+        y.backward()
+
+
+def test_backward_frees_the_graph_so_activations_are_released():
+    x = mg.Tensor(np.ones(1000), requires_grad=True)
+    h = x * 3
+    activation = weakref.ref(h.data)
+    y = (h * h).sum()
+    del h
+    y.backward()
+    gc.collect()
+    assert activation() is None  # y no longer holds h through the graph
+    np.testing.assert_allclose(x.grad.numpy(), 18.0)
 
 
 def test_diamond_graph(rng):

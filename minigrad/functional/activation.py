@@ -3,9 +3,13 @@ from ..tensor import _result
 
 
 def relu(input, inplace=False):
-    """max(x, 0); the gradient at 0 is 0, as in PyTorch. ``inplace`` is accepted and ignored."""
-    positive = input.data > 0
-    return _result(input.xp.maximum(input.data, 0), (input,), lambda g: (g * positive,))
+    """max(x, 0); the gradient at 0 is 0, as in PyTorch. ``inplace`` is accepted and ignored.
+
+    The backward reads the sign from the output (kept anyway: the next op's input)
+    instead of keeping a mask of the input.
+    """
+    out = input.xp.maximum(input.data, 0)
+    return _result(out, (input,), lambda g: (g * (out > 0),))
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):

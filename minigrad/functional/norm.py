@@ -67,28 +67,34 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var must be given when training=False")
-        centered = x - running_mean.data.astype(x.dtype, copy=False).reshape(per_channel)
+        mean = running_mean.data.astype(x.dtype, copy=True)  # a snapshot: later steps update it in place
+        centered = x - mean.reshape(per_channel)
         var = running_var.data.astype(x.dtype, copy=False)
 
-    # xhat = centered * inv_std is never stored: out and every gradient fold inv_std into per-channel factors.
+    # Neither xhat nor x - mean is kept for the backward (the input is kept anyway, as the
+    # graph's parent): out and every gradient fold inv_std into per-channel factors.
     inv_std = 1 / xp.sqrt(var + eps)
     scale = xp.ones(channels, dtype=x.dtype) if weight is None else weight.data.astype(x.dtype, copy=False)
-    out = centered * (scale * inv_std).reshape(per_channel)
+    out = centered
+    out *= (scale * inv_std).reshape(per_channel)
     if bias is not None:
         out += bias.data.astype(x.dtype, copy=False).reshape(per_channel)
+    del centered
 
     def backward(g):
         need_input = input.requires_grad
         need_weight = weight is not None and weight.requires_grad
         need_bias = bias is not None and bias.requires_grad
         sum_g = _channel_sum(g) if need_bias or (need_input and training) else None
-        sum_g_centered = _channel_dot(g, centered) if need_weight or (need_input and training) else None
+        centered = x - mean.reshape(per_channel) if need_weight or (need_input and training) else None
+        sum_g_centered = None if centered is None else _channel_dot(g, centered)
         grads = [None]
         if need_input:
             gain = scale * inv_std
             grads[0] = g * gain.reshape(per_channel)
-            if training:  # - gain * (mean(g) + xhat * mean(g * xhat))
-                correction = centered * (gain * inv_std * inv_std * sum_g_centered / count).reshape(per_channel)
+            if training:  # - gain * (mean(g) + xhat * mean(g * xhat)), built in the centered buffer
+                correction = centered
+                correction *= (gain * inv_std * inv_std * sum_g_centered / count).reshape(per_channel)
                 correction += (gain * sum_g / count).reshape(per_channel)
                 grads[0] -= correction
         if weight is not None:
