@@ -47,18 +47,11 @@ class InputGeometry:
 
 
 def input_geometry(config):
-    """The InputGeometry of the net described by a model config (``model.config``).
-
-    The rules are the nets' own (see each net's docstring): DeconvNet needs
-    multiples of 32 of at least 32 * fc_kernel; U-Net multiples of 16 ('same') or
-    124 mod 16 from 188 ('valid'); FCN takes any size (>= 32 keeps pool5 useful).
-    """
-    name = config["name"]
-    if name == "deconvnet":
-        return InputGeometry(32 * config.get("fc_kernel", 7), 32)
-    if name == "unet":
-        return InputGeometry(188, 16, margin=92) if config.get("padding", "valid") == "valid" else InputGeometry(16, 16)
-    return InputGeometry(32, 1)
+    """The InputGeometry of the net described by a model config (``model.config``): the net's own
+    ``size_rule_for`` (see each net's docstring), read without building the net."""
+    from .models import model_class
+    rule = model_class(config["name"]).size_rule_for(**config)
+    return InputGeometry(rule.first, rule.step, rule.margin)
 
 
 def fit_to_net(image, mask, geometry, fill_colour, ignore_index=IGNORE_INDEX):

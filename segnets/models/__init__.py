@@ -18,7 +18,7 @@ MODELS = list(_CLASSES)
 
 def options_of(name):
     """The option names (keyword arguments beyond num_classes, in_channels, width) of net ``name``."""
-    cls = _model_class(name)
+    cls = model_class(name)
     classes = [c for c in cls.__mro__ if "__init__" in vars(c) and issubclass(c, SegmentationNet)]
     names = []
     for c in classes:
@@ -39,7 +39,7 @@ def build_model(name, num_classes, in_channels=3, width=64, **options):
     deconvnet: fc_kernel=7; unet: padding="valid", batch_norm=False.
     The model's ``config`` holds all of these, so ``build_model(**model.config)`` rebuilds it.
     """
-    cls = _model_class(name)
+    cls = model_class(name)
     unknown = sorted(set(options) - set(options_of(name)))
     if unknown:
         raise TypeError(f"{name} has no option {', '.join(map(repr, unknown))}; "
@@ -47,11 +47,11 @@ def build_model(name, num_classes, in_channels=3, width=64, **options):
     return cls(num_classes=num_classes, in_channels=in_channels, width=width, **options)
 
 
-def _model_class(name):
+def model_class(name):
     if name not in _CLASSES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return _CLASSES[name]
 
 
-__all__ = ["MODELS", "build_model", "options_of", "load_torch_state_dict", "summary", "SegmentationNet", "SizeRule",
+__all__ = ["MODELS", "build_model", "model_class", "options_of", "load_torch_state_dict", "summary", "SegmentationNet", "SizeRule",
            "FCN32s", "FCN16s", "FCN8s", "DeconvNet", "UNet"]

@@ -42,6 +42,11 @@ class SegmentationNet(nn.Module):
 
     def size_rule(self):
         """The input sizes this net accepts, as a ``SizeRule``."""
+        return self.size_rule_for(**self.config)
+
+    @classmethod
+    def size_rule_for(cls, **config):
+        """The ``SizeRule`` of the net that ``config`` (``model.config``) describes, without building it."""
         raise NotImplementedError
 
     def check_input(self, x):

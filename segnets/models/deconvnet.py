@@ -56,8 +56,9 @@ class DeconvNet(SegmentationNet):
                 channels = width * mult
         self.seg_score = nn.Conv2d(channels, num_classes, 1)
 
-    def size_rule(self):
-        first = 32 * self.fc_kernel
+    @classmethod
+    def size_rule_for(cls, fc_kernel=7, **_):
+        first = 32 * fc_kernel
         return SizeRule(first, 32, 0, f"multiples of 32, at least 32 * fc_kernel = {first}")
 
     def forward(self, x):

@@ -95,8 +95,9 @@ class FCN(SegmentationNet):
         layer.weight.requires_grad_(self.learn_upsampling)
         return layer
 
-    def size_rule(self):
-        if self.pad100:
+    @classmethod
+    def size_rule_for(cls, pad100=True, **_):
+        if pad100:
             return SizeRule(1, 1, 0, "any size")
         return SizeRule(17, 1, 0, "without pad100 pool5 must see 2 rows: at least 17")
 

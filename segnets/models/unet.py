@@ -81,8 +81,9 @@ class UNet(SegmentationNet):
                 continue
             nn.init.zeros_(module.bias)
 
-    def size_rule(self):
-        if self.padding == "valid":  # 188 - 184 = 4: the smallest input that leaves an output
+    @classmethod
+    def size_rule_for(cls, padding="valid", **_):
+        if padding == "valid":  # 188 - 184 = 4: the smallest input that leaves an output
             return SizeRule(188, 16, 92, "with padding='valid' every pool must see an even size: 124 mod 16, >= 188")
         return SizeRule(16, 16, 0, "with padding='same' every pool must see an even size: multiples of 16")
 
