@@ -268,6 +268,43 @@ def _row(case, mode, times, flops, traffic, matmul_s, diffs):
     return row
 
 
+# ----------------------------------------------------------------------------- im2col budget
+BUDGETS_MIB = (1, 4, 64, None)  # None: no limit, one column array per call
+BUDGET_LAYERS = ("VGG conv1_2; U-Net level 1", "FCN fc6 (7x7 on pool5)")
+
+
+def budget_rows(ctx, scale, log=print):
+    """minigrad conv2d forward+backward at several im2col budgets: what building the columns in tiles costs."""
+    from minigrad.functional import conv as conv_module
+    rows = []
+    for case in (c for c in cases(scale) if c.layer in BUDGET_LAYERS):
+        arrays = make_arrays(case)
+        side = _Side(ctx, "minigrad", case, arrays)
+        out = side.outputs()[0]
+        side.gout = ctx.mg(np.random.default_rng(1).standard_normal(tuple(out.shape), dtype=np.float32))
+        col_mib = 4 * case.gemm[1] * case.gemm[2] / 2 ** 20  # the whole float32 column array
+        previous = conv_module.get_im2col_budget()
+
+        def at(budget):
+            def call():
+                conv_module.set_im2col_budget(2 ** 60 if budget is None else budget * 2 ** 20)
+                side.forward_backward()
+            return call
+        try:
+            times = time_alternating(ctx, {budget: at(budget) for budget in BUDGETS_MIB})
+        finally:
+            conv_module.set_im2col_budget(previous)
+        unlimited = times[None]
+        for budget in BUDGETS_MIB:
+            rows.append({"layer": case.layer, "shapes": {k: list(v) for k, v in case.shapes.items()},
+                         "budget_mib": budget, "column_mib": col_mib, "minigrad_ms": 1e3 * times[budget],
+                         "vs_unlimited": times[budget] / unlimited,
+                         "default": budget is not None and budget * 2 ** 20 == previous})
+            log(f"  im2col budget {case.layer:<28} {'none' if budget is None else f'{budget} MiB':>8}"
+                f"  {1e3 * times[budget]:9.2f} ms  x{times[budget] / unlimited:.2f} of unlimited")
+    return rows
+
+
 def run(ctx, only=None, log=print):
     """All op rows; a case that fails becomes an error row, and the suite carries on."""
     scale = QUICK if ctx.quick else FULL
@@ -284,7 +321,10 @@ def run(ctx, only=None, log=print):
         for row in new:
             log(_one_line(row))
         rows.extend(new)
-    return {"scale": dataclasses.asdict(scale), "rows": rows}
+    result = {"scale": dataclasses.asdict(scale), "rows": rows}
+    if not only or any(word in "conv2d im2col budget" for word in only):
+        result["budget"] = budget_rows(ctx, scale, log)
+    return result
 
 
 def _one_line(row):

@@ -74,6 +74,15 @@ def ops_table(ops):
     return _table(header, rows)
 
 
+def budget_table(rows):
+    header = ["layer", "shapes", "im2col budget", "whole column array MB", "minigrad ms (fwd+bwd)", "x unlimited"]
+    return _table(header, [[
+        r["layer"], "; ".join(f"{k} {_shape(v)}" for k, v in r["shapes"].items()),
+        ("no limit" if r["budget_mib"] is None else f"{r['budget_mib']} MiB") + (" (default)" if r["default"] else ""),
+        _num(r["column_mib"] * 2 ** 20 / 1e6, 1), _num(r["minigrad_ms"]), f"**{_num(r['vs_unlimited'])}**"]
+        for r in rows])
+
+
 def models_table(models):
     header = ["net", "size", "input", "trainable params", "minigrad ms/step", "PyTorch ms/step", "ratio",
               "minigrad img/s", "PyTorch img/s", "minigrad peak MB", "PyTorch peak MB",
@@ -111,6 +120,12 @@ def markdown(results):
                   "GB/s: inputs, outputs (and upstream/input gradients) each moved once. "
                   "max rel diff = max |minigrad - PyTorch| / max |PyTorch|.", "",
                   ops_table(results["ops"]), ""]
+        if results["ops"].get("budget"):
+            parts += ["#### The im2col memory budget", "",
+                      "conv2d forward+backward in minigrad alone, the column array built in tiles of at most "
+                      "the budget (`minigrad.functional.conv.set_im2col_budget`) or at once; "
+                      "*x unlimited* = time / time without a limit.", "",
+                      budget_table(results["ops"]["budget"]), ""]
     if "models" in results:
         parts += ["### Models: one training step (forward, cross-entropy with ignore_index=255, backward, "
                   "SGD momentum 0.9)", "",
