@@ -83,14 +83,15 @@ def _pick_targets(name, input, target, class_weight, ignore_index):
     xp = input.xp
     classes = input.shape[1]
     valid = xp.ones(target.shape, dtype=bool) if ignore_index is None else target != ignore_index
-    out_of_range = valid & ((target < 0) | (target >= classes))
-    if out_of_range.any():
+    index = xp.where(valid, target, 0)
+    # two reductions; the elementwise search below only runs to word the error
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= classes):
+        out_of_range = valid & ((target < 0) | (target >= classes))
         value = int(target[out_of_range].reshape(-1)[0])
         allowed = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
         raise IndexError(f"{name}: target value {value} is out of range for {classes} classes "
                          f"(input shape {input.shape}, target shape {tuple(target.shape)}); "
                          f"targets must lie in [0, {classes}){allowed}")
-    index = xp.where(valid, target, 0)
     if class_weight is None:
         target_weight = valid.astype(input.dtype)
     else:
