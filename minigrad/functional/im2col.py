@@ -49,18 +49,23 @@ def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, 
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0):
+def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0, out=None):
     """Gather every window of ``x`` (N, C, H, W) into a contiguous (N, C, kh, kw, OH, OW) array.
 
     ``pad_before`` is the top/left padding; the bottom/right padding is whatever
     ``out_size`` needs (so ceil mode and asymmetric 'same' padding need no special case).
     Pixels in the padding read ``pad_value`` (0 for conv, -inf for max-pooling).
     One padded copy, one strided view, one contiguous copy (on a GPU: one CUDA kernel).
+    ``out`` (CPU): a contiguous array of the result's size to copy into instead of a new one.
     """
     if cuda_kernels.usable(x):
         return cuda_kernels.im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
-    return get_array_module(x).ascontiguousarray(
-        window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value))
+    windows = window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
+    if out is None:
+        return get_array_module(x).ascontiguousarray(windows)
+    out = out.reshape(windows.shape)
+    get_array_module(x).copyto(out, windows)
+    return out
 
 
 def window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0):
