@@ -194,19 +194,20 @@ def _conv_weight_grad(x, gy, geom):
     budget = min(max(_im2col_budget, 4 * gw.nbytes), 16 * _im2col_budget)
     for batch, rows, window, tile in _tiles(n, c, geom, x.dtype, budget):
         gy_tile = gy[batch, :, rows]
-        samples = gy_tile.shape[0]
-        if xp is np:  # the batch folded into the product's inner dimension, columns built in that layout
+        samples, positions = gy_tile.shape[0], gy_tile.shape[2] * gy_tile.shape[3]
+        # Few positions per sample (fc layers, deep maps): one product per sample would
+        # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
+        # images); fold the batch into the product's inner dimension instead.
+        fold = samples > 1 and o // g > positions
+        if fold and xp is np:  # columns built in the folded layout: no second copy
             col = _folded_columns(x[batch, :, window], tile)
             gy_mat = gy_tile.transpose(1, 0, 2, 3).reshape(g, o // g, -1)
             gw += xp.matmul(col, xp.ascontiguousarray(gy_mat).transpose(0, 2, 1)).transpose(0, 2, 1)
             continue
-        col = _columns(x[batch, :, window], tile)
+        col = _columns(x[batch, :, window], tile, workspace=True)
         gy_mat = gy_tile.reshape(samples, g, o // g, -1)
-        k, positions = col.shape[2], col.shape[3]
-        if samples > 1 and o // g > positions:
-            # Few positions per sample (fc layers, deep maps): one product per sample would
-            # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
-            # images); fold the batch into the product's inner dimension instead.
+        k = col.shape[2]
+        if fold:
             col = col.transpose(1, 2, 0, 3).reshape(g, k, samples * positions)
             gy_mat = gy_mat.transpose(1, 2, 0, 3).reshape(g, o // g, samples * positions)
             gw += xp.matmul(col, gy_mat.transpose(0, 2, 1)).transpose(0, 2, 1)
