@@ -220,7 +220,7 @@ def _conv_weight_grad(x, gy, geom):
 
 def _folded_columns(x, geom):
     """(CPU) im2col with the batch folded into the positions: (g, C/g*kh*kw, N*OH*OW), in the workspace."""
-    n, c = x.shape[:2]
+    n = x.shape[0]
     windows = window_view(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size)
     folded = windows.transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, N, OH, OW)
     out = _workspace(np, folded.shape, x.dtype)

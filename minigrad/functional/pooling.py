@@ -41,8 +41,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
     xp = x.xp
-    n, c, h, w = x.shape
-    (kh, kw), (oh, ow) = kernel, out_size
+    h, w = x.shape[2:]
+    kh, kw = kernel
     first_inside = [_first_tap_inside(*axis) for axis in
                     zip(("height", "width"), (h, w), out_size, kernel, stride, padding, dilation)]
     # Disjoint windows never share a switch, so their gradient is a plain store.
