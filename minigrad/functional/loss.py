@@ -152,13 +152,6 @@ def _squeezed(out, reduction, squeeze):
 
 
 # ---------------------------------------------------------------- cross_entropy and nll_loss
-def _log_softmax_classes(x):
-    """Stable log-softmax over axis 1: x - max - log(sum(exp(x - max)))."""
-    xp = get_array_module(x)
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """PyTorch's ``F.cross_entropy`` for integer class targets, fused: log-softmax, gather and reduction.
 
@@ -202,8 +195,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     log_sum_exp = (top + xp.log(exp_sum))[:, 0]
     target_at = _flat_class_positions(index, classes)  # where x[n, target, ...] sits in x.ravel()
     loss = target_weight * (log_sum_exp - xp.ascontiguousarray(x).ravel()[target_at])
+    # the smoothing term's per-class weights (ones without weights)
+    class_w = xp.ones(classes, x.dtype) if class_weight is None else class_weight
     if smoothing > 0:  # sum_c w[c] * -logp[c] = lse * sum(w) - sum_c w[c] * x[c]
-        class_w = xp.ones(classes, x.dtype) if class_weight is None else class_weight
         weighted_logits = xp.einsum("nc...,c->n...", x, class_w)
         smooth = (log_sum_exp * class_w.sum() - weighted_logits) * valid
         loss = (1 - smoothing) * loss + (smoothing / classes) * smooth
@@ -213,12 +207,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         factor = _upstream_per_element(g, normaliser, valid)
         total_weight = (1 - smoothing) * target_weight
         if smoothing > 0:
-            total_weight = total_weight + smoothing * (1.0 if class_weight is None else class_weight.mean())
+            total_weight = total_weight + smoothing * class_w.mean()
         grad = exp_shifted * (factor * total_weight / exp_sum[:, 0])[:, None]  # S * softmax * upstream factor
         grad.ravel()[target_at] -= factor * (1 - smoothing) * target_weight  # the one-hot part of coef
         if smoothing > 0:
-            per_class = xp.ones(classes, x.dtype) if class_weight is None else class_weight
-            grad -= factor[:, None] * (smoothing / classes) * per_class.reshape((1, classes) + (1,) * (x.ndim - 2))
+            grad -= factor[:, None] * (smoothing / classes) * class_w.reshape((1, classes) + (1,) * (x.ndim - 2))
         return (grad,)
     return _squeezed(_result(out, (input,), backward), reduction, squeeze)
 
