@@ -269,7 +269,7 @@ def _row(case, mode, times, flops, traffic, matmul_s, diffs):
 
 
 # ----------------------------------------------------------------------------- im2col budget
-BUDGETS_MIB = (1, 4, 64, None)  # None: no limit, one column array per call
+BUDGETS_MIB = {"cpu": (1, 4, 64, None), "gpu": (4, 64, 256, None)}  # None: no limit, one array per call
 BUDGET_LAYERS = ("VGG conv1_2; U-Net level 1", "FCN fc6 (7x7 on pool5)")
 
 
@@ -283,19 +283,19 @@ def budget_rows(ctx, scale, log=print):
         out = side.outputs()[0]
         side.gout = ctx.mg(np.random.default_rng(1).standard_normal(tuple(out.shape), dtype=np.float32))
         col_mib = 4 * case.gemm[1] * case.gemm[2] / 2 ** 20  # the whole float32 column array
-        previous = conv_module.get_im2col_budget()
+        previous = conv_module.get_im2col_budget(ctx.device)
 
         def at(budget):
             def call():
-                conv_module.set_im2col_budget(2 ** 60 if budget is None else budget * 2 ** 20)
+                conv_module.set_im2col_budget(2 ** 60 if budget is None else budget * 2 ** 20, ctx.device)
                 side.forward_backward()
             return call
         try:
-            times = time_alternating(ctx, {budget: at(budget) for budget in BUDGETS_MIB})
+            times = time_alternating(ctx, {budget: at(budget) for budget in BUDGETS_MIB[ctx.device]})
         finally:
-            conv_module.set_im2col_budget(previous)
+            conv_module.set_im2col_budget(previous, ctx.device)
         unlimited = times[None]
-        for budget in BUDGETS_MIB:
+        for budget in BUDGETS_MIB[ctx.device]:
             rows.append({"layer": case.layer, "shapes": {k: list(v) for k, v in case.shapes.items()},
                          "budget_mib": budget, "column_mib": col_mib, "minigrad_ms": 1e3 * times[budget],
                          "vs_unlimited": times[budget] / unlimited,

@@ -56,9 +56,13 @@ def xp_for(device):
 
 
 def device_of(array):
-    """'cpu' for NumPy arrays (and scalars), 'gpu' for CuPy arrays."""
-    if isinstance(array, np.ndarray) or _cupy is None:
+    """'cpu' for NumPy arrays (and scalars), 'gpu' for CuPy arrays (also before minigrad asked for a GPU)."""
+    if isinstance(array, np.ndarray):
         return "cpu"
+    if _cupy is None:
+        if not type(array).__module__.startswith("cupy"):
+            return "cpu"
+        cupy()  # a CuPy array made outside minigrad: CuPy is there, so load it
     return "gpu" if isinstance(array, _cupy.ndarray) else "cpu"
 
 

@@ -33,45 +33,63 @@ from . import backend
 
 ENABLED = os.environ.get("MINIGRAD_CUDA_KERNELS", "1") != "0"
 _THREADS = 256
+# Blocks per launch, at most: each thread then walks several elements (grid-stride). One short-lived
+# block per 256 elements made the memory-bound kernels schedule-bound: im2col of U-Net's first layer
+# (1.1 GB of columns, H200) ran at 0.6 TB/s that way.
+_MAX_BLOCKS = 8192
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # Index arithmetic is in long long: column arrays of large layers pass 2**31 elements.
 SOURCE = r"""
-extern "C" __global__ void im2col(const T* x, T* col, long long total,
+/* The conv kernels walk 2-D grids: blockIdx.y over planes (rows of the column array for im2col,
+   (n, c) image planes for col2im), x over the positions inside one, so the per-element index
+   arithmetic is one 32-bit division instead of four 64-bit ones. */
+/* folded = N: the columns go out as (C, KH, KW, N, OH, OW) instead of (N, C, KH, KW, OH, OW), the
+   batch folded into the positions (the weight gradient's one product); folded = 0: the usual layout. */
+extern "C" __global__ void im2col(const T* x, T* col, long long rows,
         int H, int W, int KH, int KW, int OH, int OW,
-        int SH, int SW, int PT, int PL, int DH, int DW, T pad_value) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)blockDim.x * gridDim.x) {
-        long long t = i;
-        int ox = t % OW; t /= OW;
-        int oy = t % OH; t /= OH;
-        int kx = t % KW; t /= KW;
-        int ky = t % KH; t /= KH;               /* t = n * C + c */
-        int y = oy * SH - PT + ky * DH;
-        int x_ = ox * SW - PL + kx * DW;
-        col[i] = (y >= 0 && y < H && x_ >= 0 && x_ < W) ? x[(t * H + y) * W + x_] : pad_value;
+        int SH, int SW, int PT, int PL, int DH, int DW, T pad_value, int folded) {
+    int positions = OH * OW;
+    long long rows_per_sample = folded ? rows / folded : rows;
+    for (long long r = blockIdx.y; r < rows; r += gridDim.y) {   /* r = ((n * C + c) * KH + ky) * KW + kx */
+        int kx = r % KW, ky = r / KW % KH;
+        const T* plane = x + r / (KH * KW) * H * W;
+        long long to = folded ? r % rows_per_sample * folded + r / rows_per_sample : r;
+        T* out = col + to * positions;
+        for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < positions; p += blockDim.x * gridDim.x) {
+            int oy = p / OW, ox = p - oy * OW;
+            int y = oy * SH - PT + ky * DH;
+            int x_ = ox * SW - PL + kx * DW;
+            out[p] = (y >= 0 && y < H && x_ >= 0 && x_ < W) ? plane[y * W + x_] : pad_value;
+        }
     }
 }
 
-extern "C" __global__ void col2im(const T* col, T* img, long long total,
+/* Without dilation only every SH-th kernel row (every SW-th column) can reach a pixel: those
+   are the only taps visited (4 of FCN-32s's 64x64 / 32 taps). accumulate: add to img. */
+extern "C" __global__ void col2im(const T* col, T* img, long long planes,
         int H, int W, int KH, int KW, int OH, int OW,
-        int SH, int SW, int PT, int PL, int DH, int DW) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)blockDim.x * gridDim.x) {
-        int w = i % W;
-        int h = (i / W) % H;
-        long long plane = i / ((long long)H * W);  /* n * C + c */
-        T sum = 0;
-        for (int ky = 0; ky < KH; ++ky) {
-            int ys = h + PT - ky * DH;
-            if (ys < 0 || ys % SH != 0 || ys / SH >= OH) continue;
-            for (int kx = 0; kx < KW; ++kx) {
-                int xs = w + PL - kx * DW;
-                if (xs < 0 || xs % SW != 0 || xs / SW >= OW) continue;
-                sum += col[(((plane * KH + ky) * KW + kx) * OH + ys / SH) * OW + xs / SW];
+        int SH, int SW, int PT, int PL, int DH, int DW, int accumulate) {
+    int pixels = H * W;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const T* taps = col + plane * KH * KW * OH * OW;
+        T* out = img + plane * pixels;
+        for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += blockDim.x * gridDim.x) {
+            int h = p / W, w = p - h * W;
+            T sum = 0;
+            for (int ky = DH == 1 ? (h + PT) % SH : 0; ky < KH; ky += DH == 1 ? SH : 1) {
+                int ys = h + PT - ky * DH;
+                if (ys < 0) break;                    /* ys only falls as ky grows */
+                if (ys % SH != 0 || ys / SH >= OH) continue;
+                for (int kx = DW == 1 ? (w + PL) % SW : 0; kx < KW; kx += DW == 1 ? SW : 1) {
+                    int xs = w + PL - kx * DW;
+                    if (xs < 0) break;
+                    if (xs % SW != 0 || xs / SW >= OW) continue;
+                    sum += taps[((long long)(ky * KW + kx) * OH + ys / SH) * OW + xs / SW];
+                }
             }
+            out[p] = accumulate ? out[p] + sum : sum;
         }
-        img[i] = sum;
     }
 }
 
@@ -171,9 +189,13 @@ extern "C" __global__ void channel_sums(const T* a, const T* b, const T* shift_a
     __shared__ T sum_a[256], sum_ab[256];
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
         T sa = shift_a[c], sb = shift_b[c], da_total = 0, dadb_total = 0;
-        for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < N * L;
-             k += (long long)blockDim.x * gridDim.x) {
-            long long at = (k / L * C + c) * L + k % L;
+        /* k = n * L + l walks the channel's N planes; the division by L is done once, then n and l step */
+        long long stride = (long long)blockDim.x * gridDim.x;
+        long long k0 = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+        long long n = k0 / L, l = k0 % L, step_n = stride / L, step_l = stride % L;
+        for (; n < N; n += step_n, l += step_l) {
+            if (l >= L) { l -= L; ++n; if (n >= N) break; }
+            long long at = (n * C + c) * L + l;
             T da = a[at] - sa;
             da_total += da;
             dadb_total += da * (b[at] - sb);
@@ -194,9 +216,61 @@ extern "C" __global__ void channel_sums(const T* a, const T* b, const T* shift_a
         }
     }
 }
+
+/* Batch norm's two per-element passes over contiguous (N, C, L), one thread per element along l of
+   plane blockIdx.y = n * C + c (so no division per element):
+   forward:  y  = (x - mean[c]) * scale[c] + shift[c]
+   backward: dx = g * gain[c] - (x - mean[c]) * slope[c] - offset[c]    (slope, offset: 0 in eval) */
+extern "C" __global__ void channel_affine(const T* x, const T* mean, const T* scale, const T* shift, T* y,
+        long long planes, int C, int L) {
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        int c = plane % C;
+        T m = mean[c], k = scale[c], b = shift[c];
+        for (int l = blockIdx.x * blockDim.x + threadIdx.x; l < L; l += blockDim.x * gridDim.x)
+            y[plane * L + l] = (x[plane * L + l] - m) * k + b;
+    }
+}
+
+extern "C" __global__ void batch_norm_input_grad(const T* g, const T* x, const T* mean, const T* gain,
+        const T* slope, const T* offset, T* dx, long long planes, int C, int L) {
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        int c = plane % C;
+        T m = mean[c], k = gain[c], s = slope[c], o = offset[c];
+        for (int l = blockIdx.x * blockDim.x + threadIdx.x; l < L; l += blockDim.x * gridDim.x) {
+            long long at = plane * L + l;
+            dx[at] = g[at] * k - (x[at] - m) * s - o;
+        }
+    }
+}
+
+/* One SGD step of one parameter, torch.optim.SGD's arithmetic in one pass (p, buf updated in place):
+   d = g + wd * p;  buf = first ? d : momentum * buf + (1 - dampening) * d;  d = nesterov ? d + momentum * buf : buf;
+   p -= lr * d.  Without momentum buf is not touched (and may be p). */
+extern "C" __global__ void sgd_update(T* p, const T* g, T* buf, long long total, T lr, T momentum, T dampening,
+        T weight_decay, int nesterov, int first) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        T d = g[i];
+        if (weight_decay != 0) d = d + weight_decay * p[i];
+        if (momentum != 0) {
+            T b = first ? d : momentum * buf[i] + (1 - dampening) * d;
+            buf[i] = b;
+            d = nesterov ? d + momentum * b : b;
+        }
+        p[i] -= lr * d;
+    }
+}
+
+/* ReLU's gradient from its output: g where y > 0, else 0 (one pass, no mask array) */
+extern "C" __global__ void relu_grad(const T* g, const T* y, T* dx, long long total) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x)
+        dx[i] = y[i] > 0 ? g[i] : (T)0;
+}
 """
 KERNEL_NAMES = ("im2col", "col2im", "max_pool", "cross_entropy_forward", "cross_entropy_backward",
-                "scatter_to_planes", "gather_from_planes", "channel_sums")
+                "scatter_to_planes", "gather_from_planes", "channel_sums", "channel_affine",
+                "batch_norm_input_grad", "relu_grad", "sgd_update")
 
 
 def source_for(dtype):
@@ -222,7 +296,7 @@ def _kernel(name, array):
 def _launch(name, array, total, args):
     """Run kernel ``name`` for ``array``'s dtype over ``total`` elements (grid-stride loop)."""
     kernel = _kernel(name, array)
-    blocks = int(min(max((total + _THREADS - 1) // _THREADS, 1), 65535 * 8))
+    blocks = int(min(max((total + _THREADS - 1) // _THREADS, 1), _MAX_BLOCKS))
     kernel((blocks,), (_THREADS,), args)
 
 
@@ -231,29 +305,49 @@ def _geometry(kernel_size, out_size, stride, pad_before, dilation):
     return tuple(np.int32(v) for v in values)
 
 
-def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value):
-    """(N, C, H, W) -> contiguous (N, C, kh, kw, OH, OW), like the generic ``im2col``."""
+def _plane_launch(name, array, planes, per_plane, args):
+    """Run a 2-D-grid kernel: blockIdx.y over ``planes``, x over ``per_plane`` positions each."""
+    threads = int(min(_THREADS, max(32, -(-per_plane // 32) * 32)))  # small planes: no idle warps
+    across = int(min(max(-(-per_plane // threads), 1), 32))          # blocks along one plane
+    down = int(min(max(planes, 1), max(_MAX_BLOCKS // across, 1), 65535))
+    _kernel(name, array)((across, down), (threads,), args)
+
+
+def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value, folded=False):
+    """(N, C, H, W) -> contiguous (N, C, kh, kw, OH, OW), like the generic ``im2col``;
+    ``folded``: (C, kh, kw, N, OH, OW) instead, the batch next to the positions."""
     cp = backend.cupy()
     x = cp.ascontiguousarray(x)
     n, c, h, w = x.shape
-    col = cp.empty((n, c) + tuple(kernel_size) + tuple(out_size), dtype=x.dtype)
-    total = col.size
-    _launch("im2col", x, total, (x, col, np.int64(total), np.int32(h), np.int32(w),
-                                 *_geometry(kernel_size, out_size, stride, pad_before, dilation),
-                                 x.dtype.type(pad_value)))
+    shape = (c,) + tuple(kernel_size) + (n,) if folded else (n, c) + tuple(kernel_size)
+    col = cp.empty(shape + tuple(out_size), dtype=x.dtype)
+    rows = n * c * kernel_size[0] * kernel_size[1]
+    if col.size:
+        _plane_launch("im2col", x, rows, out_size[0] * out_size[1], (
+            x, col, np.int64(rows), np.int32(h), np.int32(w),
+            *_geometry(kernel_size, out_size, stride, pad_before, dilation), x.dtype.type(pad_value),
+            np.int32(n if folded else 0)))
     return col
 
 
-def col2im(col, input_size, stride, pad_before, dilation):
-    """(N, C, kh, kw, OH, OW) -> (N, C, H, W), summing overlaps, like the generic ``col2im``."""
+def col2im(col, input_size, stride, pad_before, dilation, out=None):
+    """(N, C, kh, kw, OH, OW) -> (N, C, H, W), summing overlaps, like the generic ``col2im``.
+
+    ``out``: add into it instead (in place when it is C-contiguous); returns the result.
+    """
     cp = backend.cupy()
     col = cp.ascontiguousarray(col)
     n, c, kh, kw, oh, ow = col.shape
     h, w = input_size
-    img = cp.empty((n, c, h, w), dtype=col.dtype)
-    total = img.size
-    _launch("col2im", col, total, (col, img, np.int64(total), np.int32(h), np.int32(w),
-                                   *_geometry((kh, kw), (oh, ow), stride, pad_before, dilation)))
+    accumulate = out is not None and out.flags.c_contiguous
+    img = out if accumulate else cp.empty((n, c, h, w), dtype=col.dtype)
+    if img.size:
+        _plane_launch("col2im", col, n * c, h * w, (
+            col, img, np.int64(n * c), np.int32(h), np.int32(w),
+            *_geometry((kh, kw), (oh, ow), stride, pad_before, dilation), np.int32(accumulate)))
+    if out is not None and not accumulate:
+        out += img
+        return out
     return img
 
 
@@ -293,10 +387,11 @@ def cross_entropy_backward(x, index, class_weight, lse, factor, smoothing):
     weight = cp.ones(classes, x.dtype) if class_weight is None else cp.ascontiguousarray(class_weight, x.dtype)
     grad = cp.empty(x.shape, dtype=x.dtype)
     total = grad.size
+    # mean_weight matters only with smoothing; reading it back waits for the GPU, so only then
     _launch("cross_entropy_backward", x, total, (
         x, cp.ascontiguousarray(index, np.int64), weight, lse, cp.ascontiguousarray(factor, x.dtype), grad,
         np.int64(total), np.int32(classes), np.int64(lse.size // max(x.shape[0], 1)),
-        x.dtype.type(smoothing), x.dtype.type(float(weight.mean()))))
+        x.dtype.type(smoothing), x.dtype.type(float(weight.mean()) if class_weight is not None and smoothing else 1.0)))
     return grad
 
 
@@ -349,3 +444,54 @@ def channel_sums(a, b=None, shift_a=None, shift_b=None):
             a, b, shift_a, shift_b, partial[0], partial[1], np.int64(n), np.int32(c), np.int64(length)))
     sums = partial.sum(axis=2)  # a fixed order over the partials
     return sums[0], sums[1]
+
+
+def _per_channel(values, like):
+    return backend.cupy().ascontiguousarray(values, like.dtype).reshape(-1)
+
+
+def channel_affine(x, mean, scale, shift):
+    """(x - mean[c]) * scale[c] + shift[c] over (N, C, ...): batch norm's output in one pass."""
+    cp = backend.cupy()
+    x = cp.ascontiguousarray(x)
+    n, c = x.shape[:2]
+    y = cp.empty_like(x)
+    if y.size:
+        _plane_launch("channel_affine", x, n * c, _per_plane(x.shape), (
+            x, _per_channel(mean, x), _per_channel(scale, x), _per_channel(shift, x), y,
+            np.int64(n * c), np.int32(c), np.int32(_per_plane(x.shape))))
+    return y
+
+
+def batch_norm_input_grad(g, x, mean, gain, slope, offset):
+    """g * gain[c] - (x - mean[c]) * slope[c] - offset[c] over (N, C, ...): batch norm's input gradient."""
+    cp = backend.cupy()
+    g, x = cp.ascontiguousarray(g, x.dtype), cp.ascontiguousarray(x)
+    n, c = x.shape[:2]
+    dx = cp.empty_like(x)
+    if dx.size:
+        _plane_launch("batch_norm_input_grad", x, n * c, _per_plane(x.shape), (
+            g, x, _per_channel(mean, x), _per_channel(gain, x), _per_channel(slope, x),
+            _per_channel(offset, x), dx, np.int64(n * c), np.int32(c), np.int32(_per_plane(x.shape))))
+    return dx
+
+
+def relu_grad(g, y):
+    """g where y > 0, else 0: ReLU's backward from its output."""
+    cp = backend.cupy()
+    g, y = cp.ascontiguousarray(g, y.dtype), cp.ascontiguousarray(y)
+    dx = cp.empty_like(y)
+    if dx.size:
+        _launch("relu_grad", y, dx.size, (g, y, dx, np.int64(dx.size)))
+    return dx
+
+
+def sgd_update(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One SGD step in place on contiguous ``param`` (and ``buf``, the momentum buffer, unless momentum is 0)."""
+    cp = backend.cupy()
+    grad = cp.ascontiguousarray(grad, param.dtype)
+    t = param.dtype.type
+    if param.size:
+        _launch("sgd_update", param, param.size, (
+            param, grad, param if buf is None else buf, np.int64(param.size), t(lr), t(momentum), t(dampening),
+            t(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))

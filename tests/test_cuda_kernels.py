@@ -58,6 +58,7 @@ GEOMETRIES = [  # (shape, kernel, stride, pad_before, dilation, ceil_mode)
     ((2, 1, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), False),
     ((1, 4, 8, 9), (4, 4), (2, 2), (1, 1), (1, 1), True),
     ((1, 2, 3, 11), (2, 5), (1, 3), (0, 2), (1, 2), False),
+    ((1, 2, 40, 36), (16, 16), (8, 8), (4, 4), (1, 1), False),   # FCN-8s's upsampling: 4 of 256 taps a pixel
 ]
 
 
@@ -75,16 +76,19 @@ def test_im2col_and_col2im_kernels_match_numpy(host_kernels, shape, kernel, stri
     out = _out_size(shape, kernel, stride, pad, dilation, ceil_mode)
     expected = im2col(x, kernel, stride, pad, dilation, out, pad_value=-7.0)
     col = np.full(expected.shape, np.nan, dtype=dtype)  # poisoned: every entry must be written
-    lib.im2col(_ptr(x), _ptr(col), ctypes.c_longlong(col.size), ctypes.c_int(shape[2]), ctypes.c_int(shape[3]),
-               *_geometry(kernel, out, stride, pad, dilation), c_scalar(-7.0))
+    rows = shape[0] * shape[1] * kernel[0] * kernel[1]
+    lib.im2col(_ptr(x), _ptr(col), ctypes.c_longlong(rows), ctypes.c_int(shape[2]), ctypes.c_int(shape[3]),
+               *_geometry(kernel, out, stride, pad, dilation), c_scalar(-7.0), ctypes.c_int(0))
     np.testing.assert_array_equal(col, expected)
 
     upstream = rng.standard_normal(expected.shape).astype(dtype)
-    image = np.full(shape, np.nan, dtype=dtype)
-    lib.col2im(_ptr(upstream), _ptr(image), ctypes.c_longlong(image.size), ctypes.c_int(shape[2]),
-               ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation))
-    np.testing.assert_allclose(image, col2im(upstream, shape[2:], stride, pad, dilation),
-                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    expected = col2im(upstream, shape[2:], stride, pad, dilation)
+    tolerance = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    start = rng.standard_normal(shape).astype(dtype)
+    for accumulate, image in ((0, np.full(shape, np.nan, dtype=dtype)), (1, start.copy())):
+        lib.col2im(_ptr(upstream), _ptr(image), ctypes.c_longlong(shape[0] * shape[1]), ctypes.c_int(shape[2]),
+                   ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation), ctypes.c_int(accumulate))
+        np.testing.assert_allclose(image, expected + start * accumulate, **tolerance)
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES)
@@ -248,6 +252,77 @@ def test_channel_sums_kernel_matches_numpy(host_kernels, shape, use):
     for got, terms in ((partial_a, da), (partial_ab, dadb)):
         # A sum's rounding scales with its terms, not with the sum (near 0 once shifted by the mean).
         np.testing.assert_allclose(got, terms.sum(axis=axes), rtol=rtol, atol=rtol * np.abs(terms).sum(axis=axes).max())
+
+
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES, ids=str)
+def test_batch_norm_elementwise_kernels_match_numpy(host_kernels, shape):
+    """The output (x - mean) * scale + shift and the input gradient g * gain - (x - mean) * slope - offset."""
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(7)
+    n, c = shape[:2]
+    channel = (1, c) + (1,) * (len(shape) - 2)
+    x, g = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    mean, scale, shift, slope = (rng.standard_normal(c).astype(dtype) for _ in range(4))
+    length = ctypes.c_int(x[0, 0].size)
+    y = np.full(shape, np.nan, dtype)
+    lib.channel_affine(_ptr(x), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(y), ctypes.c_longlong(n * c),
+                       ctypes.c_int(c), length)
+    expected = (x - mean.reshape(channel)) * scale.reshape(channel) + shift.reshape(channel)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, expected, rtol=rtol, atol=rtol)
+    dx = np.full(shape, np.nan, dtype)
+    lib.batch_norm_input_grad(_ptr(g), _ptr(x), _ptr(mean), _ptr(scale), _ptr(slope), _ptr(shift), _ptr(dx),
+                              ctypes.c_longlong(n * c), ctypes.c_int(c), length)
+    expected = (g * scale.reshape(channel) - (x - mean.reshape(channel)) * slope.reshape(channel)
+                - shift.reshape(channel))
+    np.testing.assert_allclose(dx, expected, rtol=rtol, atol=rtol)
+
+
+def test_relu_grad_kernel_passes_gradient_where_output_is_positive(host_kernels):
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(8)
+    y = np.maximum(rng.standard_normal((3, 4, 5)), 0).astype(dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = np.full(y.shape, np.nan, dtype)
+    lib.relu_grad(_ptr(g), _ptr(y), _ptr(dx), ctypes.c_longlong(y.size))
+    np.testing.assert_array_equal(dx, np.where(y > 0, g, 0))
+
+
+@pytest.mark.parametrize("settings", [dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True),
+                                      dict(momentum=0.5, dampening=0.3), dict()], ids=str)
+def test_sgd_update_kernel_matches_the_optimizer(host_kernels, settings):
+    """Three steps of the kernel against minigrad's SGD on the CPU (PyTorch's arithmetic)."""
+    from minigrad.optim import SGD
+    dtype, lib = host_kernels
+    rng = np.random.default_rng(10)
+    start = rng.standard_normal(50).astype(dtype)
+    grads = [rng.standard_normal(50).astype(dtype) for _ in range(3)]
+    param = mg.Tensor(start, requires_grad=True, dtype=dtype)
+    optimizer = SGD([param], lr=0.1, **settings)
+    p, buf = start.copy(), np.full(50, np.nan, dtype)
+    t = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    for step, g in enumerate(grads):
+        param.grad = mg.Tensor(g)
+        optimizer.step()
+        lib.sgd_update(_ptr(p), _ptr(g), _ptr(buf), ctypes.c_longlong(50), t(0.1), t(settings.get("momentum", 0)),
+                       t(settings.get("dampening", 0)), t(settings.get("weight_decay", 0)),
+                       ctypes.c_int(settings.get("nesterov", False)), ctypes.c_int(step == 0))
+        np.testing.assert_allclose(p, param.numpy(), rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES[:3])
+def test_im2col_kernel_folded_layout(host_kernels, shape, kernel, stride, pad, dilation, ceil_mode):
+    """folded = N: the same columns, laid out (C, kh, kw, N, OH, OW) for the weight gradient's one product."""
+    dtype, lib = host_kernels
+    x = np.random.default_rng(9).standard_normal(shape).astype(dtype)
+    out = _out_size(shape, kernel, stride, pad, dilation, ceil_mode)
+    expected = im2col(x, kernel, stride, pad, dilation, out).transpose(1, 2, 3, 0, 4, 5)
+    col = np.full(expected.shape, np.nan, dtype=dtype)
+    c_scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    lib.im2col(_ptr(x), _ptr(col), ctypes.c_longlong(shape[0] * shape[1] * kernel[0] * kernel[1]),
+               ctypes.c_int(shape[2]), ctypes.c_int(shape[3]), *_geometry(kernel, out, stride, pad, dilation),
+               c_scalar(0.0), ctypes.c_int(shape[0]))
+    np.testing.assert_array_equal(col, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

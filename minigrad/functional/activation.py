@@ -1,4 +1,5 @@
 """Activations and the softmax family."""
+from .. import cuda_kernels
 from ..tensor import _result
 
 
@@ -9,6 +10,8 @@ def relu(input, inplace=False):
     instead of keeping a mask of the input.
     """
     out = input.xp.maximum(input.data, 0)
+    if cuda_kernels.usable(out):  # one pass, no boolean temporary
+        return _result(out, (input,), lambda g: (cuda_kernels.relu_grad(g, out),))
     return _result(out, (input,), lambda g: (g * (out > 0),))
 
 

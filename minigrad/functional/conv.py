@@ -13,12 +13,21 @@ gradient *is* ``_conv_array``, and both weight gradients are ``_conv_weight_grad
 so <conv2d(x, W), y> = <x, conv_transpose2d(y, W)> holds by construction.
 
 Memory and speed: the column array is C*kh*kw times bigger than the image. It is
-built in tiles of at most ``set_im2col_budget`` bytes (default 4 MiB; but at least one
-output row of one sample): a few batch elements at a time, or a block of output rows of
-one element when one element is too big. Results are identical. Small tiles are also
-faster than one big array: they stay in cache and under malloc's mmap threshold (a
-75 MB column array costs ~20 ms of page faults alone); measured 15-30% faster
-forward+backward than a 256 MiB budget on (8, 64, 64, 64) 3x3, one thread.
+built in tiles of at most ``set_im2col_budget`` bytes (but at least one output row of
+one sample): a few batch elements at a time, or a block of output rows of one element
+when one element is too big. Results are identical. The budget is per device:
+* CPU, 4 MiB: small tiles are faster than one big array: they stay in cache and under
+  malloc's mmap threshold (a 75 MB column array costs ~20 ms of page faults alone);
+  measured 15-30% faster forward+backward than 256 MiB on (8, 64, 64, 64) 3x3, one thread.
+* GPU, 256 MiB: every tile costs kernel launches and a product too small to fill the
+  GPU; at 4 MiB, VGG conv1_2 on (2, 64, 128, 128) took 7x longer than in one piece
+  (H200). 256 MiB keeps whole samples of the 224x224 nets in one tile.
+
+On a GPU the products go through cuBLAS (``_gemm``): one strided-batched call per group
+for all samples of a tile, the weight shared (batch stride 0) and read transposed in
+place for the input gradient; the weight gradient is one long product over columns built
+with the batch folded in, accumulated into the result in place (beta=1). A 1x1 conv's
+columns are the input itself.
 
 Where we differ from PyTorch: bad arguments raise ValueError (PyTorch: RuntimeError);
 no cuDNN-style algorithm choice, the result is deterministic on CPU.
@@ -29,26 +38,32 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, normalize_device
 from ..tensor import Tensor, _result
+from .. import cuda_kernels
 from .im2col import (col2im, col2im_wide, conv_output_size, conv_transpose_output_size, im2col, pair, wide_width,
                      window_view)
 
-_im2col_budget = 4 * 2 ** 20  # 16 MiB was no faster and raised the nets' peak memory by 5-13 MB
+# CPU: 16 MiB was no faster and raised the nets' peak memory by 5-13 MB. GPU: see the docstring.
+_im2col_budgets = {"cpu": 4 * 2 ** 20, "gpu": 256 * 2 ** 20}
 _workspaces = threading.local()
 
 
-def set_im2col_budget(nbytes):
-    """Largest column array (bytes) built at once; returns the previous budget."""
-    global _im2col_budget
+def set_im2col_budget(nbytes, device="cpu"):
+    """Largest column array (bytes) built at once on ``device``; returns the previous budget."""
+    device = normalize_device(device)
     if int(nbytes) < 1:
         raise ValueError(f"set_im2col_budget: nbytes must be >= 1, got {nbytes}")
-    previous, _im2col_budget = _im2col_budget, int(nbytes)
+    previous, _im2col_budgets[device] = _im2col_budgets[device], int(nbytes)
     return previous
 
 
-def get_im2col_budget():
-    return _im2col_budget
+def get_im2col_budget(device="cpu"):
+    return _im2col_budgets[normalize_device(device)]
+
+
+def _budget(xp):
+    return _im2col_budgets["cpu" if xp is np else "gpu"]
 
 
 # Geometry of a convolution from its image side (N, C, H, W) to its column side (N, O, OH, OW).
@@ -122,10 +137,15 @@ def _conv_array(x, w, geom):
     o, g = w.shape[0], geom.groups
     out = xp.empty((n, o) + tuple(geom.column_size), dtype=w.dtype)
     w_mat = w.reshape(g, o // g, -1)
-    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype):
+    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype, _budget(xp)):
         col = _columns(x[batch, :, window], tile, workspace=True)
         # a block of whole output rows is contiguous per channel, so this reshape is a view
-        xp.matmul(w_mat, col, out=out[batch, :, rows].reshape(col.shape[0], g, o // g, -1))
+        target = out[batch, :, rows].reshape(col.shape[0], g, o // g, -1)
+        if xp is np:
+            xp.matmul(w_mat, col, out=target)
+        else:  # one cuBLAS call per group for all samples (the weight's batch stride is 0)
+            for group in range(g):
+                _gemm(w_mat[group], col[:, group], target[:, group])
     return out
 
 
@@ -136,15 +156,23 @@ def _conv_transpose_array(y, w, geom):
     g = geom.groups
     c = w.shape[1] * g
     out = xp.zeros((n, c) + tuple(geom.image_size), dtype=w.dtype)
-    w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)
-    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype):
+    w_mat = w.reshape(g, o // g, -1)
+    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype, _budget(xp)):
         y_tile = y[batch, :, rows]
         pitch = _wide_pitch(tile, o // g, on_cpu=xp is np)
         if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
             y_tile = _pad_right(y_tile, pitch)
-        y_mat = y_tile.reshape(y_tile.shape[0], g, o // g, -1)
-        col = xp.matmul(w_t, y_mat, out=_workspace(xp, (y_mat.shape[0], g, w_t.shape[1], y_mat.shape[3]), w.dtype))
-        col = col.reshape((y_tile.shape[0], c) + tile.kernel + y_tile.shape[2:])
+        samples = y_tile.shape[0]
+        if xp is np:
+            y_mat = y_tile.reshape(samples, g, o // g, -1)
+            col = xp.matmul(w_mat.transpose(0, 2, 1), y_mat,
+                            out=_workspace(xp, (samples, g, w_mat.shape[2], y_mat.shape[3]), w.dtype))
+        else:  # W^T read in place by cuBLAS, one call per group for all samples
+            y_mat = y_tile.reshape(samples, g, o // g, -1)
+            col = xp.empty((samples, g, w_mat.shape[2], y_mat.shape[3]), dtype=w.dtype)
+            for group in range(g):
+                _gemm(w_mat[group], y_mat[:, group], col[:, group], transpose_a=True)
+        col = col.reshape((samples, c) + tile.kernel + y_tile.shape[2:])
         # tiles of neighbouring rows overlap in the image: col2im adds into ``out``
         if pitch:
             col2im_wide(col, tile.image_size, tile.pad_before, tile.dilation, out=out[batch, :, window])
@@ -191,41 +219,109 @@ def _conv_weight_grad(x, gy, geom):
     o, g = gy.shape[1], geom.groups
     kh, kw = geom.kernel
     gw = xp.zeros((g, o // g, (c // g) * kh * kw), dtype=x.dtype)
-    budget = min(max(_im2col_budget, 4 * gw.nbytes), 16 * _im2col_budget)
+    budget = _budget(xp)
+    if xp is np:
+        budget = min(max(budget, 4 * gw.nbytes), 16 * budget)
     for batch, rows, window, tile in _tiles(n, c, geom, x.dtype, budget):
         gy_tile = gy[batch, :, rows]
         samples, positions = gy_tile.shape[0], gy_tile.shape[2] * gy_tile.shape[3]
         # Few positions per sample (fc layers, deep maps): one product per sample would
         # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
-        # images); fold the batch into the product's inner dimension instead.
-        fold = samples > 1 and o // g > positions
-        if fold and xp is np:  # columns built in the folded layout: no second copy
-            col = _folded_columns(x[batch, :, window], tile)
-            gy_mat = gy_tile.transpose(1, 0, 2, 3).reshape(g, o // g, -1)
-            gw += xp.matmul(col, xp.ascontiguousarray(gy_mat).transpose(0, 2, 1)).transpose(0, 2, 1)
+        # images); fold the batch into the product's inner dimension instead. On a GPU
+        # always: one long product per group, added into gw in place by cuBLAS.
+        if xp is not np or (samples > 1 and o // g > positions):
+            col = _folded_columns(x[batch, :, window], tile)  # built folded: no second copy
+            gy_mat = xp.ascontiguousarray(gy_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
+            if xp is np:
+                gw += xp.matmul(col, gy_mat.transpose(0, 2, 1)).transpose(0, 2, 1)
+                continue
+            for group in range(g):
+                _gemm(gy_mat[group], col[group], gw[group], transpose_b=True, accumulate=True)
             continue
         col = _columns(x[batch, :, window], tile, workspace=True)
         gy_mat = gy_tile.reshape(samples, g, o // g, -1)
-        k = col.shape[2]
-        if fold:
-            col = col.transpose(1, 2, 0, 3).reshape(g, k, samples * positions)
-            gy_mat = gy_mat.transpose(1, 2, 0, 3).reshape(g, o // g, samples * positions)
-            gw += xp.matmul(col, gy_mat.transpose(0, 2, 1)).transpose(0, 2, 1)
-            continue
         # col @ gy^T on contiguous operands, then transpose the small result: a transposed
         # column view as the right operand makes NumPy leave BLAS (3-120x slower measured)
         gw += xp.matmul(col, gy_mat.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
     return gw.reshape(o, c // g, kh, kw)
 
 
+def _gemm(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
+    """(GPU) out = op(a) @ op(b) (+ out if ``accumulate``) in one cuBLAS strided-batched call.
+
+    Operands are 2-D (m, k) or 3-D (batch, m, k) views with unit stride along their last
+    axis; any row and batch strides are passed to cuBLAS as they are, so views (a group of
+    channels, a block of rows) need no copy, and a 2-D operand is shared by every batch
+    entry (batch stride 0: the weight). op(a) is a.T when ``transpose_a``: cuBLAS reads the
+    stored matrix transposed in place, where ``cupy.matmul`` would copy a transposed view
+    first. Uses TF32 only when CuPy does (``CUPY_TF32=1``).
+    """
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    if out.size == 0:
+        return out
+    if (a.shape[-2] if transpose_a else a.shape[-1]) == 0:  # an empty sum
+        if not accumulate:
+            out[...] = 0
+        return out
+
+    def layout(array):
+        """(row stride, batch stride) in elements; copies only an operand whose last axis is strided."""
+        if array.strides[-1] != array.itemsize:
+            array = cupy.ascontiguousarray(array)
+        rows = array.strides[-2] // array.itemsize if array.shape[-2] > 1 else array.shape[-1]
+        return array, max(rows, 1), (array.strides[0] // array.itemsize if array.ndim == 3 else 0)
+
+    batch = out.shape[0] if out.ndim == 3 else 1
+    a, lda, stride_a = layout(a)
+    b, ldb, stride_b = layout(b)
+    out_view, ldc, stride_c = layout(out)
+    m, n = out.shape[-2:]
+    k = a.shape[-2] if transpose_a else a.shape[-1]
+    # cuBLAS is column-major: it computes out^T (n x m) = op(b)^T @ op(a)^T on the same memory.
+    dtype = np.dtype(out.dtype)
+    if dtype == np.float64:
+        cuda_type, compute = cupy.cuda.runtime.CUDA_R_64F, cublas.CUBLAS_COMPUTE_64F
+    else:
+        cuda_type = cupy.cuda.runtime.CUDA_R_32F
+        compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if _tf32() else cublas.CUBLAS_COMPUTE_32F
+    one, beta = np.array(1, dtype), np.array(1 if accumulate else 0, dtype)
+    cublas.gemmStridedBatchedEx(
+        cupy.cuda.device.get_cublas_handle(),
+        cublas.CUBLAS_OP_T if transpose_b else cublas.CUBLAS_OP_N,
+        cublas.CUBLAS_OP_T if transpose_a else cublas.CUBLAS_OP_N,
+        n, m, k, one.ctypes.data,
+        b.data.ptr, cuda_type, ldb, stride_b,
+        a.data.ptr, cuda_type, lda, stride_a,
+        beta.ctypes.data, out_view.data.ptr, cuda_type, ldc, stride_c,
+        batch, compute, cublas.CUBLAS_GEMM_DEFAULT)
+    if out_view is not out:
+        out[...] = out_view
+    return out
+
+
+def _tf32():
+    import os
+    return os.environ.get("CUPY_TF32", "0") == "1"
+
+
 def _folded_columns(x, geom):
-    """(CPU) im2col with the batch folded into the positions: (g, C/g*kh*kw, N*OH*OW), in the workspace."""
+    """im2col with the batch folded into the positions: (g, C/g*kh*kw, N*OH*OW) (CPU: in the workspace)."""
+    xp = get_array_module(x)
     n = x.shape[0]
-    windows = window_view(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size)
-    folded = windows.transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, N, OH, OW)
-    out = _workspace(np, folded.shape, x.dtype)
-    np.copyto(out, folded)
-    return out.reshape(geom.groups, -1, n * geom.column_size[0] * geom.column_size[1])
+    if cuda_kernels.usable(x):
+        col = cuda_kernels.im2col(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation,
+                                  geom.column_size, 0.0, folded=True)
+    else:
+        windows = window_view(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size)
+        folded = windows.transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, N, OH, OW)
+        col = _workspace(xp, folded.shape, x.dtype)
+        if col is None:
+            col = xp.ascontiguousarray(folded)
+        else:
+            xp.copyto(col, folded)
+    return col.reshape(geom.groups, -1, n * geom.column_size[0] * geom.column_size[1])
 
 
 def _columns(x, geom, workspace=False):
@@ -236,9 +332,17 @@ def _columns(x, geom, workspace=False):
     xp = get_array_module(x)
     shape = (x.shape[0], geom.groups, (x.shape[1] // geom.groups) * geom.kernel[0] * geom.kernel[1],
              geom.column_size[0] * geom.column_size[1])
+    if xp is not np and _is_pointwise(geom):  # a 1x1 conv's columns are the image itself
+        return x.reshape(shape)
     out = _workspace(xp, shape, x.dtype) if workspace else None
     col = im2col(x, geom.kernel, geom.stride, geom.pad_before, geom.dilation, geom.column_size, out=out)
     return col.reshape(shape)
+
+
+def _is_pointwise(geom):
+    """1x1 kernel, stride 1, no padding: every column is one input pixel, in place."""
+    return (geom.kernel == (1, 1) and geom.stride == (1, 1) and geom.pad_before == (0, 0)
+            and tuple(geom.column_size) == tuple(geom.image_size))
 
 
 def _workspace(xp, shape, dtype):
@@ -264,13 +368,12 @@ def _workspace(xp, shape, dtype):
     return buffer[:size].reshape(shape)
 
 
-def _tiles(n, image_channels, geom, dtype, budget=None):
-    """(batch slice, output-row slice, input-row slice, tile geometry) for columns within the budget.
+def _tiles(n, image_channels, geom, dtype, budget):
+    """(batch slice, output-row slice, input-row slice, tile geometry) for columns within ``budget`` bytes.
 
     Several whole samples per tile when one sample's columns fit; otherwise one sample
     at a time, a block of output rows at a time (large feature maps).
     """
-    budget = _im2col_budget if budget is None else budget
     kh, kw = geom.kernel
     oh, ow = geom.column_size
     per_row = image_channels * kh * kw * ow * dtype.itemsize

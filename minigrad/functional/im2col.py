@@ -96,11 +96,7 @@ def col2im(col, input_size, stride, pad_before, dilation, out=None):
     On a GPU: one CUDA kernel, a deterministic gather (one thread per pixel).
     """
     if cuda_kernels.usable(col):
-        result = cuda_kernels.col2im(col, input_size, stride, pad_before, dilation)
-        if out is None:
-            return result
-        out += result
-        return out
+        return cuda_kernels.col2im(col, input_size, stride, pad_before, dilation, out=out)
     xp = get_array_module(col)
     n, c, kh, kw, oh, ow = col.shape
     h, w = input_size

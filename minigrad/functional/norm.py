@@ -57,46 +57,57 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     per_channel = (1, channels) + (1,) * (input.ndim - 2)  # broadcasts a (C,) array against x
     count = input.numel() // channels
 
+    fused = cuda_kernels.usable(x)  # GPU: the per-element passes are single kernels, no temporaries
     if training:
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
         mean = _channel_sum(x) / count
-        centered = x - mean.reshape(per_channel)
-        var = _channel_dot(centered, centered) / count  # biased; two passes for accuracy
+        var = _centered_square_sum(x, mean, per_channel) / count  # biased; two passes for accuracy
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var must be given when training=False")
         mean = running_mean.data.astype(x.dtype, copy=True)  # a snapshot: later steps update it in place
-        centered = x - mean.reshape(per_channel)
         var = running_var.data.astype(x.dtype, copy=False)
 
     # Neither xhat nor x - mean is kept for the backward (the input is kept anyway, as the
     # graph's parent): out and every gradient fold inv_std into per-channel factors.
     inv_std = 1 / xp.sqrt(var + eps)
     scale = xp.ones(channels, dtype=x.dtype) if weight is None else weight.data.astype(x.dtype, copy=False)
-    out = centered
-    out *= (scale * inv_std).reshape(per_channel)
-    if bias is not None:
-        out += bias.data.astype(x.dtype, copy=False).reshape(per_channel)
-    del centered
+    shift = xp.zeros(channels, dtype=x.dtype) if bias is None else bias.data.astype(x.dtype, copy=False)
+    if fused:
+        out = cuda_kernels.channel_affine(x, mean, scale * inv_std, shift)
+    else:
+        out = x - mean.reshape(per_channel)
+        out *= (scale * inv_std).reshape(per_channel)
+        out += shift.reshape(per_channel)
 
     def backward(g):
         need_input = input.requires_grad
         need_weight = weight is not None and weight.requires_grad
         need_bias = bias is not None and bias.requires_grad
-        sum_g = _channel_sum(g) if need_bias or (need_input and training) else None
-        centered = x - mean.reshape(per_channel) if need_weight or (need_input and training) else None
-        sum_g_centered = None if centered is None else _channel_dot(g, centered)
+        sum_g = sum_g_centered = None
+        if fused and (need_weight or need_bias or (need_input and training)):  # both sums in one pass
+            sum_g, sum_g_centered = cuda_kernels.channel_sums(g, x, None, mean)
+        elif not fused:
+            sum_g = _channel_sum(g) if need_bias or (need_input and training) else None
+            centered = x - mean.reshape(per_channel) if need_weight or (need_input and training) else None
+            sum_g_centered = None if centered is None else _channel_dot(g, centered)
         grads = [None]
         if need_input:
             gain = scale * inv_std
-            grads[0] = g * gain.reshape(per_channel)
-            if training:  # - gain * (mean(g) + xhat * mean(g * xhat)), built in the centered buffer
-                correction = centered
-                correction *= (gain * inv_std * inv_std * sum_g_centered / count).reshape(per_channel)
-                correction += (gain * sum_g / count).reshape(per_channel)
-                grads[0] -= correction
+            # dx = gain * g - (x - mean) * slope - offset: the two terms vanish in eval mode
+            slope = gain * inv_std * inv_std * sum_g_centered / count if training else xp.zeros_like(gain)
+            offset = gain * sum_g / count if training else xp.zeros_like(gain)
+            if fused:
+                grads[0] = cuda_kernels.batch_norm_input_grad(g, x, mean, gain, slope, offset)
+            else:
+                grads[0] = g * gain.reshape(per_channel)
+                if training:  # the correction built in the centered buffer
+                    correction = centered
+                    correction *= slope.reshape(per_channel)
+                    correction += offset.reshape(per_channel)
+                    grads[0] -= correction
         if weight is not None:
             grads.append(sum_g_centered * inv_std if need_weight else None)
         if bias is not None:
@@ -111,6 +122,14 @@ def _channel_sum(a):
     if cuda_kernels.usable(a):
         return cuda_kernels.channel_sums(a)[0]
     return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
+
+
+def _centered_square_sum(x, mean, per_channel):
+    """Per channel, sum of (x - mean)^2 (a GPU never stores x - mean)."""
+    if cuda_kernels.usable(x):
+        return cuda_kernels.channel_sums(x, None, mean)[1]
+    centered = x - mean.reshape(per_channel)
+    return _channel_dot(centered, centered)
 
 
 def _channel_dot(a, b):
