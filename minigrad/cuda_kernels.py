@@ -20,6 +20,14 @@ Each kernel computes exactly what the generic array code beside its op computes
   (a - shift_a) * (b - shift_b); each block reduces a fixed share of one channel
   through a shared-memory tree into one partial, the wrapper sums the partials:
   deterministic, no atomics.
+- ``channel_affine`` / ``batch_norm_input_grad``: batch norm's output and input
+  gradient, one pass each with per-channel factors (no x - mean array).
+- ``relu_grad``: ReLU's backward from its output; ``sgd_update``: torch.optim.SGD's
+  step (momentum, dampening, weight decay, Nesterov) in one pass per parameter.
+
+im2col can also write the batch folded next to the positions, (C, kh, kw, N, OH, OW), the
+layout of the weight gradient's single product. Launches use at most 8192 blocks and a
+grid-stride loop, so each thread handles several elements.
 
 They are compiled by CuPy (NVRTC) on first use and cached per dtype. Set
 ``MINIGRAD_CUDA_KERNELS=0`` to run the generic array code on CuPy instead.

@@ -208,3 +208,21 @@ def test_readme_has_the_block_run_py_updates():
     from benchmarks.run import README, README_BLOCK
 
     assert README_BLOCK.search(Path(README).read_text())
+
+
+def test_profile_step_charges_every_op_and_restores_result(capsys):
+    """benchmarks.profile_step on CPU: conv2d leads FCN-8s's table, and the patch is undone afterwards."""
+    import minigrad.tensor  # noqa: F401
+    from benchmarks import profile_step
+    original = sys.modules["minigrad.tensor"]._result
+    profile_step.profile("fcn8s", "tiny", "cpu", steps=1)
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line.startswith("  ") and line.split()[1].isdigit()}
+    assert {"conv2d", "conv_transpose2d", "max_pool2d", "cross_entropy", "relu"} <= rows.keys(), text
+    assert int(rows["conv2d"][1]) == 18 and float(rows["conv2d"][2]) > 0 and float(rows["conv2d"][3]) > 0
+    shares = [float(r[4].rstrip("%")) for r in rows.values()]
+    assert abs(sum(shares) - 100) < 0.5
+    assert sys.modules["minigrad.tensor"]._result is original
+    from minigrad.functional import conv
+    assert conv._result is original
