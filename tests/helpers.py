@@ -17,3 +17,10 @@ def distinct_values(rng, shape, dtype=np.float64):
 def require_torch():
     """The torch module, or skip the test with a visible reason."""
     return pytest.importorskip("torch", reason="PyTorch (the 'test' extra, torch==2.13.0) is not installed")
+
+
+def require_torch_batchnorm_bias(torch):
+    """Skip, naming the version, where torch's BatchNorm has no ``bias=`` argument (before 2.13)."""
+    import inspect
+    if "bias" not in inspect.signature(torch.nn.BatchNorm2d.__init__).parameters:
+        pytest.skip(f"torch {torch.__version__}'s BatchNorm2d has no bias= argument (the pinned 2.13.0 has)")

@@ -8,7 +8,7 @@ import pytest
 import minigrad
 from minigrad import nn, optim
 from minigrad.nn import init
-from tests.helpers import require_torch
+from tests.helpers import require_torch, require_torch_batchnorm_bias
 
 
 class Block(nn.Module):
@@ -258,6 +258,7 @@ def test_to_gpu_keeps_identity():
 @pytest.mark.torch
 def test_repr_matches_torch():
     torch = require_torch()
+    require_torch_batchnorm_bias(torch)
 
     def build(lib):
         return lib.Sequential(
@@ -409,6 +410,7 @@ def test_linear_matches_torch():
                                                     (0.1, True, False)])
 def test_batchnorm2d_running_stats_match_torch(momentum, affine, bias):
     torch = require_torch()
+    require_torch_batchnorm_bias(torch)
     ours = nn.BatchNorm2d(3, momentum=momentum, affine=affine, bias=bias)
     if affine:  # non-trivial affine parameters
         ours.weight.data[:] = [0.5, 1.5, -1.0]
