@@ -33,14 +33,15 @@ Where we differ from PyTorch: bad arguments raise ValueError (PyTorch: RuntimeEr
 no cuDNN-style algorithm choice, the result is deterministic on CPU.
 """
 import operator
+import os
 import threading
 from collections import namedtuple
 
 import numpy as np
 
+from .. import cuda_kernels
 from ..backend import get_array_module, normalize_device
 from ..tensor import Tensor, _result
-from .. import cuda_kernels
 from .im2col import (col2im, col2im_wide, conv_output_size, conv_transpose_output_size, im2col, pair, wide_width,
                      window_view)
 
@@ -163,12 +164,11 @@ def _conv_transpose_array(y, w, geom):
         if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
             y_tile = _pad_right(y_tile, pitch)
         samples = y_tile.shape[0]
+        y_mat = y_tile.reshape(samples, g, o // g, -1)
         if xp is np:
-            y_mat = y_tile.reshape(samples, g, o // g, -1)
             col = xp.matmul(w_mat.transpose(0, 2, 1), y_mat,
                             out=_workspace(xp, (samples, g, w_mat.shape[2], y_mat.shape[3]), w.dtype))
         else:  # W^T read in place by cuBLAS, one call per group for all samples
-            y_mat = y_tile.reshape(samples, g, o // g, -1)
             col = xp.empty((samples, g, w_mat.shape[2], y_mat.shape[3]), dtype=w.dtype)
             for group in range(g):
                 _gemm(w_mat[group], y_mat[:, group], col[:, group], transpose_a=True)
@@ -234,9 +234,9 @@ def _conv_weight_grad(x, gy, geom):
             gy_mat = xp.ascontiguousarray(gy_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
             if xp is np:
                 gw += xp.matmul(col, gy_mat.transpose(0, 2, 1)).transpose(0, 2, 1)
-                continue
-            for group in range(g):
-                _gemm(gy_mat[group], col[group], gw[group], transpose_b=True, accumulate=True)
+            else:
+                for group in range(g):
+                    _gemm(gy_mat[group], col[group], gw[group], transpose_b=True, accumulate=True)
             continue
         col = _columns(x[batch, :, window], tile, workspace=True)
         gy_mat = gy_tile.reshape(samples, g, o // g, -1)
@@ -302,7 +302,6 @@ def _gemm(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
 
 
 def _tf32():
-    import os
     return os.environ.get("CUPY_TF32", "0") == "1"
 
 

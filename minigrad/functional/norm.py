@@ -62,13 +62,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
         mean = _channel_sum(x) / count
-        var = _centered_square_sum(x, mean, per_channel) / count  # biased; two passes for accuracy
+        # biased; two passes for accuracy (a GPU never stores x - mean; the CPU reuses it for out)
+        centered = None if fused else x - mean.reshape(per_channel)
+        var = (cuda_kernels.channel_sums(x, None, mean)[1] if fused else _channel_dot(centered, centered)) / count
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var must be given when training=False")
         mean = running_mean.data.astype(x.dtype, copy=True)  # a snapshot: later steps update it in place
         var = running_var.data.astype(x.dtype, copy=False)
+        centered = None if fused else x - mean.reshape(per_channel)
 
     # Neither xhat nor x - mean is kept for the backward (the input is kept anyway, as the
     # graph's parent): out and every gradient fold inv_std into per-channel factors.
@@ -78,9 +81,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if fused:
         out = cuda_kernels.channel_affine(x, mean, scale * inv_std, shift)
     else:
-        out = x - mean.reshape(per_channel)
+        out = centered
         out *= (scale * inv_std).reshape(per_channel)
-        out += shift.reshape(per_channel)
+        if bias is not None:
+            out += shift.reshape(per_channel)
+        del centered
 
     def backward(g):
         need_input = input.requires_grad
@@ -122,14 +127,6 @@ def _channel_sum(a):
     if cuda_kernels.usable(a):
         return cuda_kernels.channel_sums(a)[0]
     return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
-
-
-def _centered_square_sum(x, mean, per_channel):
-    """Per channel, sum of (x - mean)^2 (a GPU never stores x - mean)."""
-    if cuda_kernels.usable(x):
-        return cuda_kernels.channel_sums(x, None, mean)[1]
-    centered = x - mean.reshape(per_channel)
-    return _channel_dot(centered, centered)
 
 
 def _channel_dot(a, b):
