@@ -71,6 +71,27 @@ def load_checkpoint(path):
     return dict(payload, meta=meta, path=path)
 
 
+def read_weights(path):
+    """{name: array or Tensor} from a weights file: a segnets checkpoint (its model) or a plain ``.npz``.
+
+    A plain ``.npz`` (``np.savez(path, **state_dict)``) may use segnets names or, for a
+    net with a VGG16 trunk, torchvision's ``vgg16`` / ``vgg16_bn`` keys (see
+    ``segnets.load_torch_state_dict``). Raises ``CheckpointError`` naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if minigrad.serialization._STRUCTURE not in names:
+                return {name: npz[name] for name in names}
+    except Exception as e:  # not a zip, truncated, an object array, ...
+        raise CheckpointError(f"cannot read weights file {path!r} (an .npz of name -> array, "
+                              f"or a segnets checkpoint): {e}") from e
+    return dict(load_checkpoint(path)["model"])  # name -> minigrad Tensor
+
+
 def build_model_from_checkpoint(checkpoint, device="cpu"):
     """Rebuild the net described by the checkpoint and load its weights (eval mode, on ``device``)."""
     from . import build_model

@@ -24,8 +24,10 @@ images on a CPU.
   (lr 3e-4..1e-2, fc_kernel 1 or 2, width 16, median-frequency weights) and SGD at
   0.1 stayed at the background-only solution (mIoU 0.131) for 12-25 epochs, while
   SGD 0.01 on its PyTorch twin left it (train loss 0.65, val mIoU 0.18 after 25
-  epochs, still falling). It stays the slowest learner here; the paper starts its
-  encoder from ImageNet VGG16 (``segnets.load_torch_state_dict``).
+  epochs, still falling). It stays the slowest learner here: its encoder learns only
+  through the 2x2 bottleneck (switches pass no gradient), where fc6/fc7 barely move
+  from their init; the README's table section has the measurements. The paper starts
+  its encoder from ImageNet VGG16 (``--init-weights``, ``segnets.load_torch_state_dict``).
 * FCN's ``pad100`` (100 px of zero padding so any input fits the 7x7 fc6) would
   make every conv work on 264x264 instead of 64x64 (17x the compute), so it is off,
   with a 1x1 fc6 (``fc_kernel=1``; FCN needs an odd kernel): a 64x64 input is
@@ -56,6 +58,7 @@ COMMON = {
     "seed": 0,
     "preview_images": 4,        # val images shown in predictions/epoch_NNN.png
     "prefetch": 2,              # training batches prepared ahead in a thread (same batches either way)
+    "init_weights": None,       # --init-weights FILE: start from these weights (e.g. ImageNet VGG16)
 }
 
 RECIPES = {

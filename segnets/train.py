@@ -59,7 +59,7 @@ import minigrad.functional as F
 from minigrad import backend
 
 from . import recipes
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, read_weights, save_checkpoint
 from .evaluate import center_crop, confusion_matrix, eval_batch_size, evaluate, metrics_dict, to_tensor
 from .recipes import SettingsError, parse_options
 from .visualize import prediction_grid, save_png
@@ -117,10 +117,16 @@ def build_parser():
     p.add_argument("--seed", type=int, help="seed of every random generator [default: 0]")
     p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
                                         "with --resume: the checkpoint's directory]")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="start the net from these weights instead of its random init: a segnets checkpoint, or "
+                        "an .npz of name -> array with segnets names or, for fcn*/deconvnet, torchvision's "
+                        "vgg16 / vgg16_bn keys (the papers start from ImageNet VGG16); tensors the file lacks "
+                        "keep their init, a tensor of another shape is an error")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "
                                                     "(model, optimizer, scheduler, epoch, random states)")
     p.add_argument("--eval-only", action="store_true",
-                   help="only evaluate (the --resume checkpoint, else the untrained net) on the val split")
+                   help="only evaluate (the --resume checkpoint, the --init-weights file, else the untrained net) "
+                        "on the val split")
     return p
 
 
@@ -291,6 +297,30 @@ def build_net(settings, num_classes):
     except (TypeError, ValueError) as e:
         raise SettingsError(f"cannot build {name} with {config}: {e}") from e
     return model.to(settings["device"])
+
+
+def load_initial_weights(model, path):
+    """``--init-weights``: copy the file's tensors into ``model``; returns the names that kept their init.
+
+    Matching is by name (torchvision VGG16 keys are translated first); names the model
+    lacks are reported and skipped (a VGG16 classifier, another net's score layers).
+    A file that matches nothing, or a tensor of another shape, is an error, and then
+    the model is left as it was.
+    """
+    from . import load_torch_state_dict
+    state = read_weights(path)
+    try:
+        missing, unexpected = load_torch_state_dict(model, state, strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--init-weights {path}: {e}") from e
+    loaded = len(model.state_dict()) - len(missing)
+    if loaded == 0:
+        raise CheckpointError(f"--init-weights {path}: none of its {len(state)} tensors is a tensor of "
+                              f"{type(model).__name__} (first names: {', '.join(sorted(state)[:5])})")
+    print(f"--init-weights {path}: {loaded} tensors loaded, {len(missing)} keep their init"
+          + (f" ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})" if missing else "")
+          + (f"; {len(unexpected)} in the file unused" if unexpected else ""), flush=True)
+    return missing
 
 
 def build_optimizer(settings, model):
@@ -466,6 +496,8 @@ class Run:
             self.data = build_data(settings, mean=checkpoint["meta"]["mean"], std=checkpoint["meta"]["std"])
         self.num_classes = len(self.data.classes)
         self.model = build_net(settings, self.num_classes)
+        if checkpoint is None and settings.get("init_weights"):
+            load_initial_weights(self.model, settings["init_weights"])
         self.optimizer = build_optimizer(settings, self.model)
         self.scheduler, self.per_iteration = build_scheduler(settings, self.optimizer,
                                                              len(self.data.train_loader))
@@ -629,7 +661,7 @@ def epoch_summary(record, epochs, best):
 
 
 def evaluate_only(settings, checkpoint=None):
-    """--eval-only: the val metrics of the checkpoint's weights (or of an untrained net): table + eval_val.json."""
+    """--eval-only: the val metrics of the checkpoint's (or --init-weights file's, or untrained) weights: table + eval_val.json."""
     if checkpoint is None:
         seed_everything(settings["seed"])
         data = build_data(settings)
@@ -638,6 +670,8 @@ def evaluate_only(settings, checkpoint=None):
     model = build_net(settings, len(data.classes))
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], source=checkpoint["path"])
+    elif settings.get("init_weights"):
+        load_initial_weights(model, settings["init_weights"])
     matrix = confusion_matrix(model, data.val_loader, len(data.classes), settings["device"])
     print(matrix.format_table(data.classes))
     out = Path(settings["output_dir"])

@@ -24,3 +24,31 @@ def require_torch_batchnorm_bias(torch):
     import inspect
     if "bias" not in inspect.signature(torch.nn.BatchNorm2d.__init__).parameters:
         pytest.skip(f"torch {torch.__version__}'s BatchNorm2d has no bias= argument (the pinned 2.13.0 has)")
+
+
+def torchvision_vgg16_state(rng, width, batch_norm):
+    """A dict with torchvision's vgg16 / vgg16_bn layout (features.N, classifier.0/3/6) at a small width."""
+    cfg = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
+    state, index, channels = {}, 0, 3
+    for item in cfg:
+        if item == "M":
+            index += 1
+            continue
+        out = item * width
+        state[f"features.{index}.weight"] = rng.standard_normal((out, channels, 3, 3)).astype(np.float32)
+        state[f"features.{index}.bias"] = rng.standard_normal(out).astype(np.float32)
+        index += 1
+        if batch_norm:
+            state[f"features.{index}.weight"] = rng.uniform(0.5, 2, out).astype(np.float32)
+            state[f"features.{index}.bias"] = rng.standard_normal(out).astype(np.float32)
+            state[f"features.{index}.running_mean"] = rng.standard_normal(out).astype(np.float32)
+            state[f"features.{index}.running_var"] = rng.uniform(0.5, 2, out).astype(np.float32)
+            state[f"features.{index}.num_batches_tracked"] = np.array(7)
+            index += 1
+        index += 1
+        channels = out
+    fc = 64 * width
+    for layer, shape in (("classifier.0", (fc, channels * 49)), ("classifier.3", (fc, fc)), ("classifier.6", (10, fc))):
+        state[f"{layer}.weight"] = rng.standard_normal(shape).astype(np.float32)
+        state[f"{layer}.bias"] = rng.standard_normal(shape[0]).astype(np.float32)
+    return state

@@ -10,7 +10,7 @@ import segnets
 from minigrad import functional as F
 from minigrad import nn
 from segnets.models.common import nearest_valid
-from tests.helpers import require_torch
+from tests.helpers import require_torch, torchvision_vgg16_state
 
 FCNS = ["fcn32s", "fcn16s", "fcn8s"]
 
@@ -359,37 +359,9 @@ def test_load_own_state_dict_and_errors():
         segnets.load_torch_state_dict(target, {k: v for k, v in state.items() if k != "upscore16.weight"})
 
 
-def _torchvision_vgg16_state(rng, width, batch_norm):
-    """A dict with torchvision's vgg16 / vgg16_bn layout (features.N, classifier.0/3/6) at a small width."""
-    cfg = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
-    state, index, channels = {}, 0, 3
-    for item in cfg:
-        if item == "M":
-            index += 1
-            continue
-        out = item * width
-        state[f"features.{index}.weight"] = rng.standard_normal((out, channels, 3, 3)).astype(np.float32)
-        state[f"features.{index}.bias"] = rng.standard_normal(out).astype(np.float32)
-        index += 1
-        if batch_norm:
-            state[f"features.{index}.weight"] = rng.uniform(0.5, 2, out).astype(np.float32)
-            state[f"features.{index}.bias"] = rng.standard_normal(out).astype(np.float32)
-            state[f"features.{index}.running_mean"] = rng.standard_normal(out).astype(np.float32)
-            state[f"features.{index}.running_var"] = rng.uniform(0.5, 2, out).astype(np.float32)
-            state[f"features.{index}.num_batches_tracked"] = np.array(7)
-            index += 1
-        index += 1
-        channels = out
-    fc = 64 * width
-    for layer, shape in (("classifier.0", (fc, channels * 49)), ("classifier.3", (fc, fc)), ("classifier.6", (10, fc))):
-        state[f"{layer}.weight"] = rng.standard_normal(shape).astype(np.float32)
-        state[f"{layer}.bias"] = rng.standard_normal(shape[0]).astype(np.float32)
-    return state
-
-
 def test_torchvision_vgg16_keys_load_into_the_fcn_trunk():
     rng = np.random.default_rng(3)
-    state = _torchvision_vgg16_state(rng, 1, batch_norm=False)
+    state = torchvision_vgg16_state(rng, 1, batch_norm=False)
     model = segnets.build_model("fcn8s", 3, width=1)
     missing, unexpected = segnets.load_torch_state_dict(model, state, strict=False)
     np.testing.assert_array_equal(model.conv1_1.weight.numpy(), state["features.0.weight"])
@@ -405,7 +377,7 @@ def test_torchvision_vgg16_keys_load_into_the_fcn_trunk():
 
 def test_torchvision_vgg16_bn_keys_load_into_deconvnet():
     rng = np.random.default_rng(4)
-    state = _torchvision_vgg16_state(rng, 1, batch_norm=True)
+    state = torchvision_vgg16_state(rng, 1, batch_norm=True)
     model = segnets.build_model("deconvnet", 3, width=1)
     missing, _ = segnets.load_torch_state_dict(model, state, strict=False)
     np.testing.assert_array_equal(model.conv4_1.weight.numpy(), state["features.24.weight"])
@@ -419,7 +391,7 @@ def test_torchvision_vgg16_bn_keys_load_into_deconvnet():
 def test_vgg16_bn_folds_into_fcn_without_changing_the_function():
     """FCN has no BN: each vgg16_bn BN is folded into its conv; the eval-mode trunk computes the same pool5."""
     rng = np.random.default_rng(5)
-    state = _torchvision_vgg16_state(rng, 1, batch_norm=True)
+    state = torchvision_vgg16_state(rng, 1, batch_norm=True)
     folded = segnets.build_model("fcn32s", 3, width=1, pad100=False).to(np.float64).eval()
     segnets.load_torch_state_dict(folded, state, strict=False)
     with_bn = segnets.build_model("deconvnet", 3, width=1, fc_kernel=2).to(np.float64).eval()

@@ -7,6 +7,7 @@ except where the point is the real ``python -m`` entry (--help, --device gpu).
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import minigrad
 from segnets import checkpoint as ckpt
 from segnets import train as train_mod
 from segnets.recipes import SettingsError, parse_options, parse_value, recipe
+from tests.helpers import torchvision_vgg16_state
 
 NETS = ["fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet"]
 # 32x32 images are 1x1 after five poolings, so DeconvNet's fc6 must be 1x1 here.
@@ -283,6 +285,66 @@ def test_checkpoint_with_weights_that_do_not_fit_its_config(tmp_path, uninterrup
     ckpt.save_checkpoint(path, meta, checkpoint["model"])
     with pytest.raises(ckpt.CheckpointError, match="shape"):
         ckpt.build_model_from_checkpoint(ckpt.load_checkpoint(path))
+
+
+# ---------------------------------------------------------------------------- --init-weights
+def test_init_weights_from_a_checkpoint_start_training_and_evaluation_from_it(tmp_path, uninterrupted, capsys):
+    source = uninterrupted / "checkpoint_last.npz"
+    out = tmp_path / "init"
+    # lr 0: the weights the run starts from are the weights it saves
+    assert train_mod.main(tiny_args(out, extra=["--init-weights", str(source), "--lr", "0"])) == 0
+    assert "tensors loaded, 0 keep their init" in capsys.readouterr().out
+    expected, got = model_arrays(source), model_arrays(out / "checkpoint_last.npz")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert json.loads((out / "config.json").read_text())["init_weights"] == str(source)
+    evaluated = tmp_path / "eval"
+    assert train_mod.main(tiny_args(evaluated, extra=["--eval-only", "--init-weights", str(source)])) == 0
+    assert "tensors loaded" in capsys.readouterr().out
+    result = json.loads((evaluated / "eval_val.json").read_text())
+    assert result["miou"] == pytest.approx(read_metrics(uninterrupted)[-1]["val"]["miou"], abs=1e-12)
+
+
+def test_init_weights_takes_torchvision_vgg16_bn_keys_and_keeps_the_rest(tmp_path, capsys):
+    from segnets import build_model
+    state = torchvision_vgg16_state(np.random.default_rng(0), 4, batch_norm=True)
+    path = tmp_path / "vgg16_bn.npz"
+    np.savez(path, **state)
+    model = build_model("deconvnet", num_classes=6, width=4, fc_kernel=1)
+    decoder_before = model.deconv1_2.weight.numpy().copy()
+    missing = train_mod.load_initial_weights(model, path)
+    np.testing.assert_array_equal(model.conv1_1.weight.numpy(), state["features.0.weight"])
+    np.testing.assert_array_equal(model.bn5_3.running_var.numpy(), state["features.41.running_var"])
+    np.testing.assert_array_equal(model.deconv1_2.weight.numpy(), decoder_before)
+    assert "deconv1_2.weight" in missing and "conv1_1.weight" not in missing
+    # fc6 (1x1 here) cannot take the 7x7 classifier.0, so it keeps its init; fc7 takes classifier.3
+    assert "fc6.weight" in missing
+    loaded = [name for name in model.state_dict() if re.match(r"(conv|bn)\d_\d\.|fc7\.", name)]
+    assert sorted(set(model.state_dict()) - set(missing)) == sorted(loaded)
+    np.testing.assert_array_equal(model.fc7.weight.numpy()[:, :, 0, 0], state["classifier.3.weight"])
+    said = capsys.readouterr().out
+    assert f"--init-weights {path}: {len(loaded)} tensors loaded" in said and "in the file unused" in said
+
+
+def test_init_weights_that_do_not_fit_give_a_clear_error_and_load_nothing(tmp_path, uninterrupted, capsys):
+    from segnets import build_model
+    model = build_model("fcn8s", num_classes=6, width=8, pad100=False, fc_kernel=1)
+    before = {name: value.numpy() for name, value in model.state_dict().items()}
+    with pytest.raises(ckpt.CheckpointError, match="size mismatch for conv1_1.weight"):
+        train_mod.load_initial_weights(model, uninterrupted / "checkpoint_last.npz")  # a width-4 net
+    unrelated = tmp_path / "unrelated.npz"
+    np.savez(unrelated, foo=np.zeros(3), bar=np.ones(2))
+    with pytest.raises(ckpt.CheckpointError, match="none of its 2 tensors"):
+        train_mod.load_initial_weights(model, unrelated)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), before[name], err_msg=name)
+    for bad in (tmp_path / "missing.npz", tmp_path / "garbage.npz"):
+        if bad.name == "garbage.npz":
+            bad.write_bytes(b"not an npz" * 10)
+        assert train_mod.main(tiny_args(tmp_path / "run", extra=["--init-weights", str(bad)])) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and str(bad) in err and "Traceback" not in err
 
 
 def test_resume_refuses_changed_settings(uninterrupted, capsys):
