@@ -21,7 +21,7 @@ import numpy as np
 from . import backend
 from .tensor import Tensor
 
-_STRUCTURE = "__structure__"
+STRUCTURE_ENTRY = "__structure__"  # the npz entry that marks a file written by save
 _FORMAT = "minigrad-npz-1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, the result should get the usual mode
@@ -35,7 +35,7 @@ def save(obj, path):
     arrays = {}
     structure = {"format": _FORMAT, "root": _encode(obj, arrays, "obj")}
     text = json.dumps(structure)
-    arrays[_STRUCTURE] = np.array(text)
+    arrays[STRUCTURE_ENTRY] = np.array(text)
     _write_atomically(os.fspath(path), arrays)
 
 
@@ -49,7 +49,7 @@ def load(path, device="cpu"):
     try:
         with np.load(path, allow_pickle=False) as npz:
             entries = {name: npz[name] for name in npz.files}  # read all now: CRC errors surface here
-        structure = json.loads(str(entries.pop(_STRUCTURE)[()]))
+        structure = json.loads(str(entries.pop(STRUCTURE_ENTRY)[()]))
         if structure.get("format") != _FORMAT:
             raise ValueError(f"unknown format {structure.get('format')!r}")
         return _decode(structure["root"], entries, device)

@@ -72,9 +72,10 @@ def load_checkpoint(path):
 
 
 def read_weights(path):
-    """{name: array or Tensor} from a weights file: a segnets checkpoint (its model) or a plain ``.npz``.
+    """{name: array or Tensor} from a weights file, for ``--init-weights``.
 
-    A plain ``.npz`` (``np.savez(path, **state_dict)``) may use segnets names or, for a
+    Accepted: a segnets checkpoint (its model), a state dict written by ``minigrad.save``,
+    or a plain ``.npz`` (``np.savez(path, **state_dict)``) with segnets names or, for a
     net with a VGG16 trunk, torchvision's ``vgg16`` / ``vgg16_bn`` keys (see
     ``segnets.load_torch_state_dict``). Raises ``CheckpointError`` naming the file.
     """
@@ -84,12 +85,18 @@ def read_weights(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
-            if minigrad.serialization._STRUCTURE not in names:
+            if minigrad.serialization.STRUCTURE_ENTRY not in names:
                 return {name: npz[name] for name in names}
+        payload = minigrad.load(path)
     except Exception as e:  # not a zip, truncated, an object array, ...
         raise CheckpointError(f"cannot read weights file {path!r} (an .npz of name -> array, "
-                              f"or a segnets checkpoint): {e}") from e
-    return dict(load_checkpoint(path)["model"])  # name -> minigrad Tensor
+                              f"a minigrad.save'd state dict or a segnets checkpoint): {e}") from e
+    if isinstance(payload, dict) and "meta" in payload:
+        return dict(load_checkpoint(path)["model"])  # checked as a checkpoint; name -> Tensor
+    if isinstance(payload, dict) and all(isinstance(name, str) for name in payload):
+        return payload
+    raise CheckpointError(f"weights file {path!r} holds a {type(payload).__name__}, not a state dict "
+                          f"or a segnets checkpoint")
 
 
 def build_model_from_checkpoint(checkpoint, device="cpu"):

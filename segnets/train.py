@@ -118,8 +118,8 @@ def build_parser():
     p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
                                         "with --resume: the checkpoint's directory]")
     p.add_argument("--init-weights", metavar="FILE",
-                   help="start the net from these weights instead of its random init: a segnets checkpoint, or "
-                        "an .npz of name -> array with segnets names or, for fcn*/deconvnet, torchvision's "
+                   help="start the net from these weights instead of its random init: a segnets checkpoint, a "
+                        "state dict saved with minigrad.save, or an .npz of name -> array with segnets names or, for fcn*/deconvnet, torchvision's "
                         "vgg16 / vgg16_bn keys (the papers start from ImageNet VGG16); tensors the file lacks "
                         "keep their init, a tensor of another shape is an error")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "

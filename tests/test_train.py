@@ -306,6 +306,22 @@ def test_init_weights_from_a_checkpoint_start_training_and_evaluation_from_it(tm
     assert result["miou"] == pytest.approx(read_metrics(uninterrupted)[-1]["val"]["miou"], abs=1e-12)
 
 
+def test_init_weights_from_a_minigrad_saved_state_dict(tmp_path):
+    from segnets import build_model
+    minigrad.manual_seed(1)
+    source = build_model("unet", num_classes=6, width=4, padding="same")
+    path = tmp_path / "unet.npz"
+    minigrad.save(source.state_dict(), path)
+    minigrad.manual_seed(2)
+    model = build_model("unet", num_classes=6, width=4, padding="same")
+    assert train_mod.load_initial_weights(model, path) == []
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), value.numpy(), err_msg=name)
+    minigrad.save([1, 2, 3], tmp_path / "list.npz")
+    with pytest.raises(ckpt.CheckpointError, match="holds a list"):
+        train_mod.load_initial_weights(model, tmp_path / "list.npz")
+
+
 def test_init_weights_takes_torchvision_vgg16_bn_keys_and_keeps_the_rest(tmp_path, capsys):
     from segnets import build_model
     state = torchvision_vgg16_state(np.random.default_rng(0), 4, batch_norm=True)
