@@ -55,6 +55,11 @@ def load_checkpoint(path):
         payload = minigrad.load(path)
     except Exception as e:  # zipfile/pickle/npz errors all mean the same thing to the user
         raise CheckpointError(f"cannot read checkpoint {path!r} (corrupt or truncated?): {e}") from e
+    return _checked_checkpoint(payload, path)
+
+
+def _checked_checkpoint(payload, path):
+    """The payload of a checkpoint file with its metadata parsed, after checking it is one."""
     if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
         raise CheckpointError(f"{path!r} is not a segnets checkpoint (no 'meta'/'model' entries)")
     try:
@@ -92,7 +97,7 @@ def read_weights(path):
         raise CheckpointError(f"cannot read weights file {path!r} (an .npz of name -> array, "
                               f"a minigrad.save'd state dict or a segnets checkpoint): {e}") from e
     if isinstance(payload, dict) and "meta" in payload:
-        return dict(load_checkpoint(path)["model"])  # checked as a checkpoint; name -> Tensor
+        return dict(_checked_checkpoint(payload, path)["model"])  # name -> Tensor
     if isinstance(payload, dict) and all(isinstance(name, str) for name in payload):
         return payload
     raise CheckpointError(f"weights file {path!r} holds a {type(payload).__name__}, not a state dict "

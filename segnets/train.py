@@ -118,10 +118,11 @@ def build_parser():
     p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
                                         "with --resume: the checkpoint's directory]")
     p.add_argument("--init-weights", metavar="FILE",
-                   help="start the net from these weights instead of its random init: a segnets checkpoint, a "
-                        "state dict saved with minigrad.save, or an .npz of name -> array with segnets names or, for fcn*/deconvnet, torchvision's "
-                        "vgg16 / vgg16_bn keys (the papers start from ImageNet VGG16); tensors the file lacks "
-                        "keep their init, a tensor of another shape is an error")
+                   help="start the net from these weights instead of its random init: a segnets checkpoint, "
+                        "a state dict saved with minigrad.save, or an .npz of name -> array with segnets names "
+                        "or, for fcn*/deconvnet, torchvision's vgg16 / vgg16_bn keys (the papers start from "
+                        "ImageNet VGG16); tensors the file lacks keep their init, a tensor of another shape "
+                        "is an error")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "
                                                     "(model, optimizer, scheduler, epoch, random states)")
     p.add_argument("--eval-only", action="store_true",
@@ -661,7 +662,8 @@ def epoch_summary(record, epochs, best):
 
 
 def evaluate_only(settings, checkpoint=None):
-    """--eval-only: the val metrics of the checkpoint's (or --init-weights file's, or untrained) weights: table + eval_val.json."""
+    """--eval-only: val metrics (table + eval_val.json) of the checkpoint's weights, else the
+    --init-weights file's, else the untrained net's."""
     if checkpoint is None:
         seed_everything(settings["seed"])
         data = build_data(settings)
