@@ -18,6 +18,7 @@ from PIL import Image
 
 import minigrad
 from segnets import checkpoint as ckpt
+from segnets import run as run_mod
 from segnets import train as train_mod
 from segnets.recipes import SettingsError, parse_options, parse_value, recipe
 from tests.helpers import torchvision_vgg16_state
@@ -416,7 +417,7 @@ class _Masks:
 def test_median_frequency_weights_by_hand():
     # image 0: 3 px of class 0, 1 px of class 1; image 1: 2 px of class 0, 1 of class 2, 1 ignored
     masks = [np.array([[0, 0], [0, 1]]), np.array([[0, 2], [0, 255]])]
-    weights = train_mod.median_frequency_weights(_Masks(masks), num_classes=4)
+    weights = run_mod.median_frequency_weights(_Masks(masks), num_classes=4)
     # freq_0 = 5/7 (both images, 7 labelled px), freq_1 = 1/4, freq_2 = 1/3; class 3 absent
     freq = np.array([5 / 7, 1 / 4, 1 / 3])
     median = np.median(freq)

@@ -1,0 +1,366 @@
+"""One training run: its objects (data, net, optimizer, schedule), its state and the files it writes.
+
+``Run(settings, checkpoint)`` builds everything a run trains with (``build_data``,
+``build_net``, ``build_optimizer``, ``build_scheduler``) and, when resuming, loads
+every piece of state from the checkpoint (``Run.restore``). ``Run.save`` writes a
+checkpoint (model, optimizer, scheduler, the loader's position, every random state:
+``capture_rng_state``), and ``write_config``, ``log_epoch`` and ``save_preview``
+write the run's other files. ``EpochProgress`` is how far the current epoch has got
+and ``StopRequest`` turns the first Ctrl-C / SIGTERM into a request to stop after
+the current step.
+"""
+import json
+import random
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import minigrad
+from minigrad import backend
+
+from .checkpoint import CheckpointError, load_model_state, read_weights, save_checkpoint
+from .data.base import IGNORE_INDEX
+from .evaluate import eval_batch_size
+from .recipes import SettingsError
+from .visualize import prediction_grid, save_png
+
+
+class Run:
+    """The objects of one training run, its checkpoints and the files it writes."""
+
+    def __init__(self, settings, checkpoint=None):
+        self.settings = settings
+        self.device = backend.normalize_device(settings["device"])
+        self.out = Path(settings["output_dir"])
+        if checkpoint is None:
+            seed_everything(settings["seed"])  # before anything draws: init, dropout, data order
+            self.data = build_data(settings)
+        else:  # the same normalisation as before, not recomputed
+            self.data = build_data(settings, mean=checkpoint["meta"]["mean"], std=checkpoint["meta"]["std"])
+        self.num_classes = len(self.data.classes)
+        self.model = build_net(settings, self.num_classes)
+        if checkpoint is None and settings.get("init_weights"):
+            load_initial_weights(self.model, settings["init_weights"])
+        self.optimizer = build_optimizer(settings, self.model)
+        self.scheduler, self.per_iteration = build_scheduler(settings, self.optimizer,
+                                                             len(self.data.train_loader))
+        self.class_weights = (None if self.data.class_weights is None
+                              else minigrad.Tensor(self.data.class_weights, device=self.device))
+        self.epoch = 0            # epochs completed
+        self.progress = None      # EpochProgress of a partly done epoch, else None
+        self.best_miou = None
+        if checkpoint is not None:
+            self.restore(checkpoint)
+
+    # -- checkpoints
+    def meta(self):
+        progress = None if self.progress is None else vars(self.progress).copy()
+        return {"model": model_config(self.settings, self.num_classes), "classes": self.data.classes,
+                "ignore_index": IGNORE_INDEX, "mean": self.data.mean, "std": self.data.std,
+                "settings": self.settings, "epoch": self.epoch, "progress": progress,
+                "best_miou": self.best_miou, "rng": capture_rng_state()}
+
+    def save(self, name):
+        save_checkpoint(self.out / name, self.meta(), self.model.state_dict(), self.optimizer.state_dict(),
+                        None if self.scheduler is None else self.scheduler.state_dict(),
+                        self.data.train_loader.state_dict())
+
+    def restore(self, checkpoint):
+        """Load every piece of training state; a mismatch raises CheckpointError before the model changes."""
+        meta, path = checkpoint["meta"], checkpoint["path"]
+        expected = model_config(self.settings, self.num_classes)
+        if meta["model"] != expected:
+            raise CheckpointError(f"{path}: it holds the net {meta['model']}, this run builds {expected}")
+        missing = [k for k in ("optimizer", "loader") if k not in checkpoint]
+        missing += [k for k in ("rng", "epoch") if k not in meta]
+        if self.scheduler is not None and "scheduler" not in checkpoint:
+            missing.append("scheduler")
+        if missing:
+            raise CheckpointError(f"{path}: not a training checkpoint (it lacks {', '.join(missing)}); "
+                                  "it can be evaluated, not resumed")
+        load_model_state(self.model, checkpoint["model"], source=path)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.scheduler is not None:
+                resume_scheduler(self.scheduler, checkpoint["scheduler"])
+            self.data.train_loader.load_state_dict(checkpoint["loader"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its optimizer/scheduler/loader state does not fit this run: {e}") from e
+        restore_rng_state(meta["rng"])
+        self.epoch, self.best_miou = int(meta["epoch"]), meta["best_miou"]
+        self.progress = None if meta.get("progress") is None else EpochProgress(**meta["progress"])
+
+    # -- logs
+    def write_config(self):
+        (self.out / "predictions").mkdir(parents=True, exist_ok=True)
+        config = {**self.settings, "num_classes": self.num_classes, "classes": self.data.classes,
+                  "mean": self.data.mean, "std": self.data.std}
+        (self.out / "config.json").write_text(json.dumps(config, indent=2))
+
+    def trim_metrics_log(self):
+        """On resume, keep the lines of the epochs the checkpoint has; later ones belong to lost work."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= self.epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interrupt
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def log_epoch(self, record):
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_preview(self, epoch):
+        """predictions/epoch_NNN.png: rows of image | ground truth | prediction for the first val images."""
+        from .predict import predict_mask
+        rows = ([], [], [])
+        for i in range(min(self.settings["preview_images"], len(self.data.val_set))):
+            image, mask = self.data.val_set[i]
+            prediction = predict_mask(self.model, image, self.data.mean, self.data.std, self.device)
+            for row, picture in zip(rows, (image, mask, prediction)):
+                row.append(picture)
+        scale = max(1, 128 // max(rows[0][0].shape[:2]))  # enlarge small images to ~128 px
+        save_png(prediction_grid(*rows, scale=scale), self.out / "predictions" / f"epoch_{epoch:03d}.png")
+
+
+@dataclass
+class EpochProgress:
+    """How far the epoch in progress has got: saved in a mid-epoch checkpoint so its loss sums up exactly."""
+    epoch: int
+    lr: float               # the lr of the epoch's first step (the whole epoch's, unless poly)
+    iterations: int = 0
+    loss_sum: float = 0.0
+
+    @property
+    def mean_loss(self):
+        return self.loss_sum / max(self.iterations, 1)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first one asks the loop to stop after the current step.
+
+    The handler only sets a flag and gives the signal its previous handler back, so
+    a second Ctrl-C raises KeyboardInterrupt at once (a second SIGTERM terminates).
+    Signals can only be caught in the main thread; elsewhere they keep their meaning.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, self._previous[signum])
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving checkpoint_last.npz "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# ---------------------------------------------------------------------------- building blocks
+@dataclass
+class Data:
+    train_set: object
+    val_set: object
+    train_loader: object
+    val_loader: object
+    classes: list
+    mean: list
+    std: list
+    class_weights: object  # np.ndarray or None
+
+
+def build_data(settings, mean=None, std=None):
+    """Datasets, normalisation, transforms and loaders; mean/std from the training images unless given."""
+    from .data import DataLoader, build_dataset
+    from .data.transforms import TrainTransform, compute_mean_std
+    from .predict import NetInputTransform, input_geometry
+
+    name, options = settings["dataset"], dict(settings["data_options"])
+    try:
+        train_set = build_dataset(name, "train", data_dir=settings["data_dir"], seed=settings["seed"], **options)
+        val_set = build_dataset(name, "val", data_dir=settings["data_dir"], seed=settings["seed"], **options)
+        if name != "shapes":  # file datasets: report every bad file before spending time on training
+            train_set.validate()
+            val_set.validate()
+    except (TypeError, ValueError) as e:  # DataError is a ValueError; TypeError: an unknown --data-opt
+        raise SettingsError(f"--dataset {name} (data dir {settings['data_dir']}, options {options}): {e}") from e
+    if len(train_set) < settings["batch_size"]:
+        raise SettingsError(f"--batch-size {settings['batch_size']} is larger than the training set "
+                            f"({len(train_set)} images); the last partial batch is dropped, so no step would run")
+    if mean is None or std is None:
+        mean, std = compute_mean_std(train_set)
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    train_transform = TrainTransform(crop_size=settings["crop_size"], scale_range=tuple(settings["scale_range"]),
+                                     flip=settings["flip"], mean=mean, std=std, ignore_index=IGNORE_INDEX)
+    geometry = input_geometry({"name": settings["net"], **settings["model_options"]})
+    if not geometry.accepts(settings["crop_size"]):
+        raise SettingsError(f"--crop-size {settings['crop_size']} does not fit {settings['net']} "
+                            f"{settings['model_options']}: its inputs must be {geometry.first} + k * "
+                            f"{geometry.step} pixels; the nearest is {geometry.valid_size(settings['crop_size'])}")
+    val_transform = NetInputTransform(mean, std, geometry)  # padded to a size the net takes
+    train_loader = DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True, drop_last=True,
+                              transform=train_transform, seed=settings["seed"], prefetch=settings["prefetch"])
+    val_loader = DataLoader(val_set, batch_size=eval_batch_size(name, settings["batch_size"]),
+                            transform=val_transform, seed=settings["seed"])
+    weights = None
+    if settings["class_weights"] == "median-freq":
+        weights = median_frequency_weights(train_set, train_set.num_classes)
+    return Data(train_set, val_set, train_loader, val_loader, list(train_set.classes), mean, std, weights)
+
+
+def median_frequency_weights(dataset, num_classes, ignore_index=IGNORE_INDEX):
+    """Eigen & Fergus's median-frequency balancing: weight_c = median(freq) / freq_c.
+
+    freq_c = (pixels of class c) / (pixels of the images where c appears), counted
+    over the raw training masks, ignore pixels left out. A class that never appears
+    gets weight 0 (it has no pixels to weigh) and is left out of the median.
+    """
+    pixels = np.zeros(num_classes, np.float64)
+    present_in = np.zeros(num_classes, np.float64)  # labelled pixels of images containing c
+    for i in range(len(dataset)):
+        mask = np.asarray(dataset[i][1])
+        labels = mask[mask != ignore_index]
+        counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+        pixels += counts
+        present_in += (counts > 0) * labels.size
+    seen = present_in > 0
+    if not seen.any():
+        raise SettingsError("median-freq class weights: the training masks have no labelled pixel")
+    freq = np.where(seen, pixels / np.maximum(present_in, 1), 0.0)
+    weights = np.where(seen, np.median(freq[seen]) / np.where(seen, freq, 1.0), 0.0)
+    return weights.astype(np.float32)
+
+
+def model_config(settings, num_classes):
+    """Everything build_model needs, as stored in checkpoints: name, num_classes, in_channels, width, options."""
+    return {"name": settings["net"], "num_classes": num_classes, "in_channels": 3,
+            "width": settings["width"], **settings["model_options"]}
+
+
+def build_net(settings, num_classes):
+    from . import build_model
+    config = dict(model_config(settings, num_classes))
+    name = config.pop("name")
+    try:
+        model = build_model(name, **config)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"cannot build {name} with {config}: {e}") from e
+    return model.to(settings["device"])
+
+
+def load_initial_weights(model, path):
+    """``--init-weights``: copy the file's tensors into ``model``; returns the names that kept their init.
+
+    Matching is by name (torchvision VGG16 keys are translated first); names the model
+    lacks are reported and skipped (a VGG16 classifier, another net's score layers).
+    A file that matches nothing, or a tensor of another shape, is an error, and then
+    the model is left as it was.
+    """
+    from . import load_torch_state_dict
+    state = read_weights(path)
+    try:
+        missing, unexpected = load_torch_state_dict(model, state, strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--init-weights {path}: {e}") from e
+    loaded = len(model.state_dict()) - len(missing)
+    if loaded == 0:
+        raise CheckpointError(f"--init-weights {path}: none of its {len(state)} tensors is a tensor of "
+                              f"{type(model).__name__} (first names: {', '.join(sorted(state)[:5])})")
+    print(f"--init-weights {path}: {loaded} tensors loaded, {len(missing)} keep their init"
+          + (f" ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})" if missing else "")
+          + (f"; {len(unexpected)} in the file unused" if unexpected else ""), flush=True)
+    return missing
+
+
+def build_optimizer(settings, model):
+    """The optimizer over the parameters that require grad (FCN's fixed bilinear kernels do not)."""
+    from minigrad import optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind, lr, decay = settings["optimizer"], settings["lr"], settings["weight_decay"]
+    if kind == "sgd":
+        return optim.SGD(params, lr=lr, momentum=settings["momentum"], weight_decay=decay)
+    if kind == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=decay)
+    if kind == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=decay)
+    raise SettingsError(f"unknown optimizer {kind!r}")
+
+
+def build_scheduler(settings, optimizer, iterations_per_epoch):
+    """(scheduler or None, steps_per_iteration).
+
+    poly steps every iteration (DeepLab / torchvision's reference); step and cosine
+    step once per epoch; constant has no scheduler.
+    """
+    from minigrad.optim import lr_scheduler
+    kind, epochs = settings["lr_schedule"], settings["epochs"]
+    if kind == "constant":
+        return None, False
+    if kind == "poly":
+        total = max(1, epochs * iterations_per_epoch)
+        return lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=settings["poly_power"]), True
+    if kind == "step":
+        step_size = settings["step_size"] or max(1, epochs // 3)
+        return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=settings["step_gamma"]), False
+    if kind == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs)), False
+    raise SettingsError(f"unknown lr schedule {kind!r}")
+
+
+def resume_scheduler(scheduler, saved):
+    """Take the schedule's position (steps taken) from the checkpoint, its horizon from this run's --epochs.
+
+    With unchanged --epochs this is exactly the saved schedule; a resumed run with
+    more epochs stretches the rest of the schedule over them.
+    """
+    scheduler.load_state_dict({"last_epoch": int(saved["last_epoch"]), "base_lrs": list(saved["base_lrs"])})
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.lr_at(base_lr, scheduler.last_epoch)
+
+
+def seed_everything(seed):
+    minigrad.random.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def capture_rng_state():
+    """Every random state a run draws from, as JSON-able data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {"minigrad": minigrad.random.get_rng_state(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "python": [version, list(internal), python_gauss]}
+
+
+def restore_rng_state(state):
+    minigrad.random.set_rng_state(state["minigrad"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, python_gauss = state["python"]
+    random.setstate((version, tuple(internal), python_gauss))
+
+
+def current_lr(optimizer):
+    return float(optimizer.param_groups[0]["lr"])
+

@@ -1,0 +1,129 @@
+"""The training command line: its flags, and the run's settings made from them.
+
+``build_parser()`` defines the flags of ``python -m segnets.train``;
+``resolve_settings(args)`` turns the parsed flags into the run's settings: the
+recipe of ``--net`` (segnets/recipes.py) with the given flags on top, or, with
+``--resume``, the settings saved in the checkpoint with the few flags a resumed
+run may change. A new setting needs a flag in ``build_parser`` and, when it has a
+default, a value in ``recipes.COMMON``.
+"""
+import argparse
+import os
+import time
+from pathlib import Path
+
+from minigrad import backend
+
+from . import recipes
+from .checkpoint import load_checkpoint
+from .models import MODELS
+from .recipes import SettingsError, parse_options
+
+NETS = tuple(MODELS)
+DATASETS = ("shapes", "voc", "folder", "idx-scenes")
+# Settings a resumed run may change; every other setting comes from the checkpoint.
+RESUME_OVERRIDABLE = ("device", "output_dir", "data_dir", "epochs")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m segnets.train",
+        description="Train a semantic-segmentation net (FCN-32s/16s/8s, DeconvNet, U-Net) with minigrad. "
+                    "Every net has a default recipe (segnets/recipes.py) that trains on the embedded "
+                    "'shapes' data in about ten minutes on a 2-core CPU; the flags below override it "
+                    "([recipe] marks the values that come from it).",
+        epilog="default recipes (segnets/recipes.py):\n" + recipes.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", choices=NETS, help="network to train (required unless --resume)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="where to run: cpu (NumPy) or gpu (CuPy) [default: cpu]")
+    p.add_argument("--dataset", choices=DATASETS, help="training data [default: shapes]")
+    p.add_argument("--data-dir", help="directory of the dataset (voc, folder, idx-scenes; shapes needs none)")
+    p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", default=None,
+                   help="dataset option passed to build_dataset, repeatable "
+                        "(e.g. num_train=64 image_size=32 for shapes)")
+    p.add_argument("--epochs", type=int, help="number of epochs [recipe]")
+    p.add_argument("--batch-size", type=int, help="images per training step (and per eval batch) [recipe]")
+    p.add_argument("--lr", type=float, help="base learning rate [recipe]")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [recipe]")
+    p.add_argument("--momentum", type=float, help="SGD momentum [recipe]")
+    p.add_argument("--weight-decay", type=float, help="weight decay (L2 for sgd/adam, decoupled for adamw) [recipe]")
+    p.add_argument("--lr-schedule", choices=("constant", "step", "poly", "cosine"),
+                   help="learning-rate schedule: poly steps every iteration (lr*(1-it/total)^0.9), "
+                        "step (x0.1 every third of the epochs) and cosine step every epoch [recipe]")
+    p.add_argument("--width", type=int, help="channels of the first conv block (64 in the papers) [recipe]")
+    p.add_argument("--crop-size", type=int, help="side of the random training crop [recipe]")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", default=None,
+                   help="option passed to build_model, repeatable: padding=same, pad100=false, "
+                        "fc_kernel=2, batch_norm=true, learn_upsampling=true (ints/floats/bools parsed)")
+    p.add_argument("--class-weights", choices=("none", "median-freq"),
+                   help="loss weights per class: none, or median-frequency balancing "
+                        "(Eigen & Fergus) from the training masks [default: none]")
+    p.add_argument("--seed", type=int, help="seed of every random generator [default: 0]")
+    p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
+                                        "with --resume: the checkpoint's directory]")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="start the net from these weights instead of its random init: a segnets checkpoint, "
+                        "a state dict saved with minigrad.save, or an .npz of name -> array with segnets names "
+                        "or, for fcn*/deconvnet, torchvision's vgg16 / vgg16_bn keys (the papers start from "
+                        "ImageNet VGG16); tensors the file lacks keep their init, a tensor of another shape "
+                        "is an error")
+    p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "
+                                                    "(model, optimizer, scheduler, epoch, random states)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only evaluate (the --resume checkpoint, the --init-weights file, else the untrained net) "
+                        "on the val split")
+    return p
+
+
+def resolve_settings(args):
+    """The run's settings: the recipe of --net with the given flags on top.
+
+    With --resume the settings saved in the checkpoint come first instead, and only
+    --device, --output-dir, --data-dir and --epochs may change them (anything else
+    would break the exact continuation). Returns (settings, checkpoint or None).
+    """
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("resume", "eval_only", "model_opt", "data_opt")}
+    model_options = parse_options(args.model_opt, "--model-opt")
+    data_options = parse_options(args.data_opt, "--data-opt")
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume)
+        settings = dict(checkpoint["meta"]["settings"])
+        _check_resume_flags(settings, given, model_options, data_options, args.resume)
+        settings.update({k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
+        settings.setdefault("output_dir", None)
+        if "output_dir" not in given:
+            settings["output_dir"] = str(Path(args.resume).resolve().parent)
+        return settings, checkpoint
+    if args.net is None:
+        raise SettingsError("--net is required (unless --resume gives a checkpoint)")
+    settings = recipes.recipe(args.net)
+    settings.update(given)
+    settings["model_options"] = {**settings["model_options"], **model_options}
+    settings["data_options"] = {**settings["data_options"], **data_options}
+    settings.setdefault("device", "cpu")
+    settings.setdefault("data_dir", None)
+    if "output_dir" not in settings:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        settings["output_dir"] = os.path.join("runs", f"{settings['net']}-{settings['dataset']}-{stamp}")
+    return settings, None
+
+
+def _check_resume_flags(saved, given, model_options, data_options, path):
+    clashes = [f"--{k.replace('_', '-')} {given[k]} (checkpoint: {saved.get(k)})"
+               for k in given if k not in RESUME_OVERRIDABLE and given[k] != saved.get(k)]
+    for flag, options, key in (("--model-opt", model_options, "model_options"),
+                               ("--data-opt", data_options, "data_options")):
+        clashes += [f"{flag} {k}={v} (checkpoint: {saved[key].get(k)})"
+                    for k, v in options.items() if saved[key].get(k) != v]
+    if clashes:
+        raise SettingsError(f"--resume {path}: a resumed run keeps the checkpoint's settings; only "
+                            f"--device, --output-dir, --data-dir and --epochs may change. Differing: "
+                            + ", ".join(clashes))
+
+
+def check_device(device):
+    """Fail at once with backend's clear message when the GPU cannot be used."""
+    if backend.normalize_device(device) == "gpu":
+        backend.cupy()  # raises RuntimeError saying what is missing
+
