@@ -8,11 +8,18 @@ import inspect
 
 from .common import SegmentationNet, SizeRule, summary
 from .deconvnet import DeconvNet
+from .deeplab import DeepLabLargeFOV, DeepLabV2VGG16
+from .deeplabv3 import DeepLabV2, DeepLabV3, DeepLabV3Plus
 from .fcn import FCN8s, FCN16s, FCN32s
+from .pspnet import PSPNet50, PSPNet101
+from .segnet import SegNet
 from .unet import UNet
 from .weights import load_torch_state_dict
 
-_CLASSES = {"fcn32s": FCN32s, "fcn16s": FCN16s, "fcn8s": FCN8s, "deconvnet": DeconvNet, "unet": UNet}
+_CLASSES = {"fcn32s": FCN32s, "fcn16s": FCN16s, "fcn8s": FCN8s, "deconvnet": DeconvNet, "unet": UNet,
+            "deeplabv1_largefov": DeepLabLargeFOV, "deeplabv2_vgg16": DeepLabV2VGG16, "segnet": SegNet,
+            "deeplabv2_resnet101": DeepLabV2, "deeplabv3_resnet101": DeepLabV3,
+            "deeplabv3plus_resnet101": DeepLabV3Plus, "pspnet50": PSPNet50, "pspnet101": PSPNet101}
 MODELS = list(_CLASSES)
 
 
@@ -54,4 +61,6 @@ def model_class(name):
 
 
 __all__ = ["MODELS", "build_model", "model_class", "options_of", "load_torch_state_dict", "summary", "SegmentationNet", "SizeRule",
-           "FCN32s", "FCN16s", "FCN8s", "DeconvNet", "UNet"]
+           "FCN32s", "FCN16s", "FCN8s", "DeconvNet", "UNet",
+           "DeepLabLargeFOV", "DeepLabV2VGG16", "SegNet",
+           "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "PSPNet50", "PSPNet101"]
