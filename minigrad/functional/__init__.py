@@ -7,5 +7,5 @@ from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, mul, n
 from .reduction import argmax, max, mean, min, sum
 from .shape import cat, expand, flatten, getitem, pad, permute, reshape, squeeze, stack, transpose, unsqueeze
 from .conv import conv2d, conv_transpose2d
-from .pooling import avg_pool2d, max_pool2d, max_unpool2d
+from .pooling import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, max_unpool2d
 from .upsampling import interpolate

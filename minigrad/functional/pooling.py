@@ -1,4 +1,4 @@
-"""Pooling: max_pool2d and max_unpool2d (one shared scatter), avg_pool2d. Window geometry is im2col's.
+"""Pooling: max_pool2d and max_unpool2d (one shared scatter), avg_pool2d, adaptive pools. Geometry is im2col's.
 
 Max-pooling reads every kernel tap of ``window_view`` (im2col's windows as a
 strided view; padding reads -inf), takes the elementwise maximum over the taps and
@@ -278,6 +278,101 @@ def _window_extent(size, out, kernel, stride, pad, count_include_pad):
     if count_include_pad:
         return end - start
     return np.minimum(end, size) - np.maximum(start, 0)
+
+
+# --------------------------------------------------------------------- adaptive pooling
+def adaptive_avg_pool2d(input, output_size):
+    """Mean over PyTorch's adaptive bins: output row i covers input rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1.
+
+    Same as ``torch.nn.functional.adaptive_avg_pool2d``: ``output_size`` is an int
+    or a pair whose ``None`` entries keep the input's size on that axis. The bins of
+    both axes are averaging matrices ``A_h`` (oh, H) and ``A_w`` (ow, W), so the
+    output is ``A_h @ x @ A_w.T`` and the gradient ``A_h.T @ g @ A_w``.
+    """
+    x, batched = _as_batch("adaptive_avg_pool2d", input)
+    out_size = _adaptive_output_size("adaptive_avg_pool2d", x.shape, output_size)
+    xp = x.xp
+    rows, cols = (xp.asarray(_adaptive_mean_matrix(size, out, x.dtype))
+                  for size, out in zip(x.shape[2:], out_size))
+    out = xp.matmul(xp.matmul(rows, x.data), cols.T)
+
+    def backward(g):
+        return (xp.matmul(xp.matmul(rows.T, g), cols),)
+    return _unbatch(_result(out, (x,), backward), batched)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """Max over PyTorch's adaptive bins (see ``adaptive_avg_pool2d``); with ``return_indices`` the switches.
+
+    Switches are int64 flat ``h * W + w`` per input plane, as in ``max_pool2d``, and
+    ties go to the first element in row-major bin order, as in PyTorch. Bins overlap
+    where the size does not divide evenly; their gradients then add at a shared
+    switch. Where we differ: a bin holding NaN returns its first NaN's index
+    (PyTorch's CPU kernel returns its last).
+    """
+    x, batched = _as_batch("adaptive_max_pool2d", input)
+    out_size = _adaptive_output_size("adaptive_max_pool2d", x.shape, output_size)
+    xp = x.xp
+    h, w = x.shape[2:]
+    (row_taps, row_overlap), (col_taps, col_overlap) = (_adaptive_taps(size, out)
+                                                        for size, out in zip((h, w), out_size))
+    # Tap (ky, kx) of output (i, j) is input pixel (row_taps[i, ky], col_taps[j, kx]); short bins
+    # repeat their last pixel, which never changes the maximum or the first tap reaching it.
+    taps = [x.data[:, :, xp.asarray(row_taps[:, ky])[:, None], xp.asarray(col_taps[:, kx])[None, :]]
+            for ky in range(row_taps.shape[1]) for kx in range(col_taps.shape[1])]
+    if not taps:  # an output size of 0
+        out = xp.zeros(x.shape[:2] + out_size, x.dtype)
+        indices = xp.zeros(out.shape, np.int64)
+    else:
+        out = _tap_maximum(xp, taps)
+        tap = _first_tap_reaching(xp, taps, out).astype(np.int64)
+        ky, kx = tap // col_taps.shape[1], tap % col_taps.shape[1]
+        indices = (xp.asarray(row_taps)[xp.arange(out_size[0])[:, None], ky] * w
+                   + xp.asarray(col_taps)[xp.arange(out_size[1])[None, :], kx])
+    del taps
+    disjoint = not (row_overlap or col_overlap)
+    result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w), disjoint),))
+    if return_indices:
+        return _unbatch(result, batched), _unbatch(Tensor._wrap(indices), batched)
+    return _unbatch(result, batched)
+
+
+def _adaptive_bins(size, out):
+    """PyTorch's bin edges along one axis: start floor(i*size/out), end ceil((i+1)*size/out)."""
+    i = np.arange(out, dtype=np.int64)
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+def _adaptive_mean_matrix(size, out, dtype):
+    """(out, size): row i averages bin i."""
+    start, end = _adaptive_bins(size, out)
+    pixel = np.arange(size)
+    inside = (pixel >= start[:, None]) & (pixel < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)
+
+
+def _adaptive_taps(size, out):
+    """(out, longest bin) pixel table, short bins padded with their last pixel; and whether bins overlap."""
+    start, end = _adaptive_bins(size, out)
+    longest = int((end - start).max()) if out else 0
+    taps = np.minimum(start[:, None] + np.arange(longest), end[:, None] - 1)
+    return taps, bool((end[:-1] > start[1:]).any())
+
+
+def _adaptive_output_size(name, shape, output_size):
+    """(oh, ow) from an int or a pair; ``None`` keeps the input's size on that axis."""
+    if output_size is None or isinstance(output_size, (int, np.integer)):
+        sizes = (output_size, output_size)
+    else:
+        sizes = tuple(output_size)
+        if len(sizes) != 2:
+            raise ValueError(f"{name}: output_size must be an int or a pair, got {output_size}")
+    sizes = tuple(shape[2 + d] if v is None else v for d, v in enumerate(sizes))
+    if any(not isinstance(v, (int, np.integer)) or v < 0 for v in sizes):
+        raise ValueError(f"{name}: output_size must hold non-negative ints or None, got {output_size}")
+    if min(shape[1:]) <= 0:
+        raise ValueError(f"{name}: input of shape {tuple(shape)} must have non-zero channels, height and width")
+    return tuple(int(v) for v in sizes)
 
 
 # --------------------------------------------------------------------- shared helpers

@@ -1,4 +1,4 @@
-"""Pooling modules around ``F.max_pool2d``, ``F.max_unpool2d`` and ``F.avg_pool2d``."""
+"""Pooling modules around ``F.max_pool2d``, ``F.max_unpool2d``, ``F.avg_pool2d`` and the adaptive pools."""
 from .. import functional as F
 from ..functional.im2col import pair
 from .module import Module
@@ -67,3 +67,31 @@ class AvgPool2d(Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Mean over PyTorch's adaptive bins to a fixed ``output_size`` (int or pair; ``None`` keeps that axis)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max over PyTorch's adaptive bins; with ``return_indices=True`` forward returns (output, switches)."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, return_indices
+
+    def forward(self, input):
+        return F.adaptive_max_pool2d(input, self.output_size, return_indices=self.return_indices)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
