@@ -205,14 +205,30 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, output has shape {self.shape}")
 
+        global _walks
         pending = {id(self): grad}
         order = _topological_order(self)
+        _walks += 1
+        try:
+            self._walk(order, pending, retain_graph)
+        except BaseException:
+            if _walks == 1:
+                _end_callbacks.clear()  # a failed backward runs none of them
+            raise
+        finally:
+            _walks -= 1
+        while _walks == 0 and _end_callbacks:  # the outermost walk ended: run what hooks queued
+            _end_callbacks.pop(0)()
+
+    def _walk(self, order, pending, retain_graph):
         while order:
             node = order.pop()  # children before parents; popping drops the walk's reference
             g = pending.pop(id(node), None)
             if node._backward is None:
                 if g is not None:
                     node._accumulate(g)
+                    for hook in node.__dict__.get("_grad_hooks", ()):
+                        hook(node)
                 continue
             parents, backward = node._parents, node._backward
             if not retain_graph:
@@ -237,6 +253,45 @@ class Tensor:
 
     def zero_grad(self):
         self.grad = None
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` each time a backward has accumulated into this leaf's ``.grad``.
+
+        As in PyTorch: once per backward (after the contributions of every path
+        are summed), only on leaves that require grad; returns a handle whose
+        ``remove()`` unregisters it. ``queue_callback`` runs code after the whole
+        backward, e.g. to wait for the communication a hook started.
+        """
+        if not self.requires_grad or not self.is_leaf:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors that require grad "
+                               "accumulate a gradient")
+        hooks = self.__dict__.setdefault("_grad_hooks", [])
+        hooks.append(hook)
+        return _HookHandle(hooks, hook)
+
+
+_walks = 0           # backward walks in progress (a hook may start another)
+_end_callbacks = []  # run once the outermost walk has ended
+
+
+def queue_callback(callback):
+    """Run ``callback()`` when the backward in progress ends (PyTorch's engine ``queue_callback``).
+
+    Only valid from inside a backward (a grad hook); callbacks run in the order queued,
+    once, after the last leaf's gradient is accumulated and only if the walk succeeded.
+    """
+    if _walks == 0:
+        raise RuntimeError("queue_callback: no backward is running")
+    _end_callbacks.append(callback)
+
+
+class _HookHandle:
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
 
 
 def _graph_freed(_):

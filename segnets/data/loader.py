@@ -14,6 +14,17 @@ it. The same holds within one process: each ``iter()`` yields from the current
 position to the end of the current epoch, so after a ``break`` the next ``iter()``
 finishes the epoch that was left (the state is a position, nothing else).
 
+Data parallelism (``num_replicas`` > 1, as PyTorch's ``DistributedSampler``): every
+rank draws the same epoch order from the same seed, pads it by repeating its start to
+a multiple of ``num_replicas`` and takes every ``num_replicas``-th position from
+``rank`` on, so all ranks make the same number of steps and the ranks' batch ``k``
+together hold exactly the items (and augmentations: the generator is seeded by the
+global position) of batch ``k`` of one process with ``num_replicas`` times the batch.
+``drop_last`` drops the last incomplete *global* batch. ``pad=False`` takes the share
+without repeats (evaluation: every item counted once; ranks may get one batch fewer).
+A state saved with another global batch (``batch_size * num_replicas``) loads at an
+epoch boundary, or mid-epoch where the items handed out fill whole new global batches.
+
 Batching differently sized images: use ``EvalTransform(size=...)`` or
 ``EvalTransform(multiple=...)`` (pads with ignore) or ``batch_size=1`` for validation;
 otherwise stacking raises an error naming the sizes.
@@ -36,7 +47,7 @@ def default_transform(image, mask, rng=None):
 
 class DataLoader:
     def __init__(self, dataset, batch_size, shuffle=False, transform=None, seed=0, drop_last=False,
-                 prefetch=0, device="cpu"):
+                 prefetch=0, device="cpu", num_replicas=1, rank=0, pad=True):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
         if len(dataset) == 0:
@@ -46,6 +57,10 @@ class DataLoader:
         self.transform = transform or default_transform
         self.prefetch, self.device = int(prefetch), normalize_device(device)
         self.seed = seed
+        if int(num_replicas) < 1 or not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(f"DataLoader: need num_replicas >= 1 and 0 <= rank < num_replicas, got "
+                             f"num_replicas={num_replicas!r}, rank={rank!r}")
+        self.num_replicas, self.rank, self.pad = int(num_replicas), int(rank), bool(pad)
         self._rng = np.random.default_rng(seed)
         self.epoch = 0                     # the epoch in progress, or the next one
         self._batch = 0                    # batches of that epoch handed out
@@ -56,26 +71,53 @@ class DataLoader:
                              "drop_last=True give no batch")
 
     def __len__(self):
-        items = len(self.dataset)
-        return items // self.batch_size if self.drop_last else -(-items // self.batch_size)
+        return self._num_batches(len(self.dataset), self.batch_size, self.num_replicas, self.drop_last)
+
+    def _num_batches(self, items, batch_size, replicas, drop_last):
+        if drop_last:
+            return items // (batch_size * replicas)
+        return -(-len(self._positions(items, replicas)) // batch_size)
+
+    def _positions(self, items=None, replicas=None):
+        """This rank's positions in the (padded) epoch order."""
+        items = len(self.dataset) if items is None else items
+        replicas = self.num_replicas if replicas is None else replicas
+        total = -(-items // replicas) * replicas if self.pad else items
+        return range(min(self.rank, total), total, replicas)
 
     # ---------------------------------------------------------------- resume
     def state_dict(self):
         """JSON-able: generator state at the current epoch's start, epoch, batches handed out."""
         return {"rng_state": copy.deepcopy(self._epoch_state), "epoch": self.epoch, "batch": self._batch,
                 "num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
+                "drop_last": self.drop_last, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state):
-        expected = {"num_items": len(self.dataset), "batch_size": self.batch_size, "shuffle": self.shuffle,
-                    "drop_last": self.drop_last}
+        expected = {"num_items": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last}
         for key, mine in expected.items():
             if key in state and state[key] != mine:
                 raise ValueError(f"DataLoader.load_state_dict: the state has {key}={state[key]!r} but this "
                                  f"loader has {key}={mine!r}; resuming would not repeat the same batches")
+        batch = int(state["batch"])
+        old_size, old_replicas = state.get("batch_size", self.batch_size), state.get("num_replicas", 1)
+        if (old_size, old_replicas) != (self.batch_size, self.num_replicas):
+            batch = self._rebatched(batch, old_size, old_replicas)
         self._close_active()
         self._epoch_state = copy.deepcopy(state["rng_state"])
-        self.epoch, self._batch = int(state["epoch"]), int(state["batch"])
+        self.epoch, self._batch = int(state["epoch"]), batch
+
+    def _rebatched(self, batch, old_size, old_replicas):
+        """The position in this loader's batches of a state saved with another batch size or replica count."""
+        old_len = self._num_batches(len(self.dataset), old_size, old_replicas, self.drop_last)
+        if batch == 0 or batch >= old_len:
+            return 0 if batch == 0 else len(self)  # an epoch boundary
+        handed_out, new_global = batch * old_size * old_replicas, self.batch_size * self.num_replicas
+        if handed_out % new_global:
+            raise ValueError(f"DataLoader.load_state_dict: the state is {batch} batches of {old_size} x "
+                             f"{old_replicas} replica(s) into an epoch ({handed_out} items), not a whole number "
+                             f"of batches of {self.batch_size} x {self.num_replicas}; resume from a checkpoint "
+                             "saved at the end of an epoch")
+        return handed_out // new_global
 
     # ---------------------------------------------------------------- iteration
     def __iter__(self):
@@ -122,10 +164,10 @@ class DataLoader:
         self._active = None
 
     def _load_batch(self, order, augment_seed, batch_index):
-        positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(order)))
+        positions = self._positions()[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         images, masks = [], []
         for position in positions:
-            image, mask = self.dataset[int(order[position])]
+            image, mask = self.dataset[int(order[position % len(order)])]
             image, mask = self.transform(image, mask, np.random.default_rng([augment_seed, position]))
             images.append(image)
             masks.append(mask)
