@@ -20,6 +20,7 @@ left as it was.
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -49,13 +50,56 @@ def load_checkpoint(path):
     Raises ``CheckpointError`` for a missing, truncated or foreign file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    _check_npz_file(path, "checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            entries = list(npz.files)
+    except Exception as e:  # a damaged zip can fail in zipfile or in numpy's header parser
+        raise CheckpointError(f"cannot read checkpoint {path!r}: a damaged .npz (truncated?): {e}") from e
+    if minigrad.serialization.STRUCTURE_ENTRY not in entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise CheckpointError(f"{path!r} is not a segnets checkpoint: it is a plain .npz of {len(entries)} "
+                              f"array(s) ({shown or 'none'}), not a file written by segnets.train (a file of "
+                              "weights like this one can start a run with --init-weights)")
     try:
         payload = minigrad.load(path)
-    except Exception as e:  # zipfile/pickle/npz errors all mean the same thing to the user
+    except Exception as e:  # zipfile/npz/json errors all mean the same thing to the user
         raise CheckpointError(f"cannot read checkpoint {path!r} (corrupt or truncated?): {e}") from e
     return _checked_checkpoint(payload, path)
+
+
+def _check_npz_file(path, what):
+    """CheckpointError unless ``path`` is a file that starts like an .npz (a zip archive), saying what it is."""
+    if os.path.isdir(path):
+        inside = sorted(name for name in os.listdir(path) if name.endswith(".npz"))
+        raise CheckpointError(f"{what} {path!r} is a folder, not a file; expected an .npz file"
+                              + (f" (the folder holds {', '.join(inside[:4])})" if inside else ""))
+    if not os.path.exists(path):
+        raise CheckpointError(f"{what} {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path!r}: {e.strerror or e}") from e
+    if not is_zip:
+        if start.startswith(b"PK"):
+            raise CheckpointError(f"cannot read {what} {path!r}: a damaged .npz (zip) file, truncated or "
+                                  "cut short while it was written")
+        raise CheckpointError(f"{what} {path!r} is not an .npz file (segnets checkpoints and weight files are "
+                              f"zip archives, starting with 'PK'; this one starts with {start!r})")
+
+
+def read_meta(path):
+    """The metadata of checkpoint ``path`` without reading its arrays; None if it is not a readable checkpoint."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as npz:
+            structure = json.loads(str(npz[minigrad.serialization.STRUCTURE_ENTRY][()]))
+        entries = dict((key, value) for key, value in structure["root"]["dict"] if isinstance(key, str))
+        meta = json.loads(entries["meta"])
+    except Exception:  # noqa: BLE001 - any damage means "no metadata to read"
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
 def _checked_checkpoint(payload, path):
@@ -85,8 +129,7 @@ def read_weights(path):
     ``segnets.load_torch_state_dict``). Raises ``CheckpointError`` naming the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file {path!r} does not exist")
+    _check_npz_file(path, "weights file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)

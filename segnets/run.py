@@ -8,12 +8,23 @@ checkpoint (model, optimizer, scheduler, the loader's position, every random sta
 write the run's other files. ``EpochProgress`` is how far the current epoch has got
 and ``StopRequest`` turns the first Ctrl-C / SIGTERM into a request to stop after
 the current step.
+
+The run folder. A run writes only into a folder that is new, empty, or holds its
+own files (the ``run_id`` in config.json says whose they are): ``check_output_dir``
+refuses any other before anything is built, unless ``--overwrite`` asks to delete
+the other run's files (it lists them). The default folder
+``runs/<net>-<dataset>-<time>`` is created with ``os.mkdir``, which fails if it
+exists, so two runs started in the same second get ``...-<time>`` and
+``...-<time>-2``; an explicit folder is claimed by creating its config.json
+exclusively.
 """
 import json
+import os
 import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +33,11 @@ import numpy as np
 import minigrad
 from minigrad import backend
 
-from .checkpoint import CheckpointError, load_model_state, read_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_model_state, read_meta, read_weights, save_checkpoint
 from .data.base import IGNORE_INDEX
 from .evaluate import eval_batch_size
 from .recipes import SettingsError
+from .settings import RESUME_OVERRIDABLE
 from .visualize import prediction_grid, save_png
 
 
@@ -35,7 +47,7 @@ class Run:
     def __init__(self, settings, checkpoint=None):
         self.settings = settings
         self.device = backend.normalize_device(settings["device"])
-        self.out = Path(settings["output_dir"])
+        self.out = None if settings["output_dir"] is None else Path(settings["output_dir"])
         if checkpoint is None:
             seed_everything(settings["seed"])  # before anything draws: init, dropout, data order
             self.data = build_data(settings)
@@ -94,7 +106,20 @@ class Run:
         self.epoch, self.best_miou = int(meta["epoch"]), meta["best_miou"]
         self.progress = None if meta.get("progress") is None else EpochProgress(**meta["progress"])
 
-    # -- logs
+    # -- the run folder and its logs
+    def open_output_dir(self, plan, checkpoint=None):
+        """Make the output folder this run's (``plan`` from ``check_output_dir``) and write config.json;
+        when resuming, trim metrics.jsonl to the checkpoint's epoch, or carry the history over into a new folder."""
+        self.out = claim_output_dir(self.settings, plan)
+        self.write_config()
+        if checkpoint is None:
+            return
+        source = Path(checkpoint["path"]).resolve().parent
+        if source == self.out.resolve():
+            self.trim_metrics_log()
+        else:
+            carry_history(source, self.out, self.epoch, self.settings)
+
     def write_config(self):
         (self.out / "predictions").mkdir(parents=True, exist_ok=True)
         config = {**self.settings, "num_classes": self.num_classes, "classes": self.data.classes,
@@ -106,13 +131,14 @@ class Run:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = []
+        kept, dropped = [], []
         for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["epoch"] <= self.epoch:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by an interrupt
+            epoch = _epoch_of(line)
+            if epoch is not None:  # else a line cut short by an interrupt
+                (kept if epoch <= self.epoch else dropped).append(line)
+        if dropped:
+            print(f"{path}: dropped the lines of epochs {_epoch_of(dropped[0])}-{_epoch_of(dropped[-1])}, "
+                  f"later than the checkpoint (epoch {self.epoch})", file=sys.stderr, flush=True)
         path.write_text("".join(line + "\n" for line in kept))
 
     def log_epoch(self, record):
@@ -364,3 +390,214 @@ def restore_rng_state(state):
 def current_lr(optimizer):
     return float(optimizer.param_groups[0]["lr"])
 
+
+# ---------------------------------------------------------------------------- the run folder
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint_last.npz", "checkpoint_best.npz", "eval_val.json")
+
+
+@dataclass
+class OutputPlan:
+    """What ``check_output_dir`` found: the files ``--overwrite`` deletes, and whether the folder is the run's own."""
+    replaced: list
+    own: bool = False
+
+
+def run_files(folder):
+    """The files a segnets run writes that exist in ``folder`` (names relative to it)."""
+    folder = Path(folder)
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    if (folder / "predictions").is_dir():
+        found += [f"predictions/{p.name}" for p in sorted((folder / "predictions").glob("epoch_*.png"))]
+    return found
+
+
+def read_config(folder):
+    """The config.json of the run in ``folder`` as a dict, or None (missing or unreadable)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def same_run(config, settings):
+    """Whether a run folder's ``config`` was written by the run whose settings these are.
+
+    By ``run_id``; runs from before run ids by every setting a resume cannot change.
+    """
+    if config is None:
+        return False
+    if "run_id" in config or "run_id" in settings:
+        return config.get("run_id") == settings.get("run_id")
+    return all(config.get(k) == v for k, v in settings.items() if k not in RESUME_OVERRIDABLE)
+
+
+def logged_epochs(folder):
+    """The epochs of the lines of ``folder``/metrics.jsonl ([] if there is none)."""
+    try:
+        lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    return [e for e in map(_epoch_of, lines) if e is not None]
+
+
+def _epoch_of(line):
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _describe_run(folder, files):
+    config = read_config(folder) or {}
+    epochs = logged_epochs(folder)
+    what = (f"{config.get('net', '?')} on {config.get('dataset', '?')}, {len(epochs)} epoch(s) logged"
+            if config else "no readable config.json")
+    shown = ", ".join(files[:6]) + (f", ... ({len(files)} files)" if len(files) > 6 else "")
+    return f"another run's files ({what}): {shown}"
+
+
+def check_output_dir(settings, checkpoint=None, overwrite=False, eval_only=False):
+    """Vet the output folder before anything is built or written; returns an OutputPlan.
+
+    Refused with SettingsError: a path that is a file or under one, a folder that
+    cannot be written, and a folder holding another run's files (unless
+    ``overwrite``: then the plan lists them for deletion). Resuming into the
+    run's own folder from an earlier checkpoint than its checkpoint_last.npz would
+    drop the later epochs: refused too, unless ``overwrite``.
+    """
+    if settings["output_dir"] is None:
+        return OutputPlan([])  # a new folder, made when the run starts
+    out = Path(settings["output_dir"])
+    flag = f"the output folder {out}"
+    existing = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise SettingsError(f"{flag}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"{flag}: {existing} is not writable")
+    files = run_files(out) if existing == out else []
+    if not files:
+        return OutputPlan([])
+    if checkpoint is not None and same_run(read_config(out), settings):
+        if not eval_only:
+            _check_no_later_epochs(out, checkpoint, overwrite)
+        return OutputPlan([], own=True)
+    if not overwrite:
+        advice = ("choose another folder, continue that run with --resume "
+                  f"{out / 'checkpoint_last.npz'}, or pass --overwrite to delete them first")
+        raise SettingsError(f"{flag} holds {_describe_run(out, files)}; {advice}")
+    return OutputPlan(["eval_val.json"] if eval_only and "eval_val.json" in files else ([] if eval_only else files))
+
+
+def _check_no_later_epochs(out, checkpoint, overwrite):
+    """Resuming a run in its own folder from an older checkpoint (say checkpoint_best.npz) drops later work."""
+    epoch = int(checkpoint["meta"].get("epoch", 0))
+    last = out / "checkpoint_last.npz"
+    later = [e for e in logged_epochs(out) if e > epoch]
+    if Path(checkpoint["path"]).resolve() == last.resolve():
+        return  # lines past checkpoint_last are an interrupted epoch's lost work: trim_metrics_log says so
+    last_meta = read_meta(last) if last.exists() else None
+    last_where = None
+    if last_meta is not None and (int(last_meta.get("epoch", 0)), bool(last_meta.get("progress"))) > (epoch, False):
+        last_where = f"epoch {last_meta['epoch']}" + (" and part of the next" if last_meta.get("progress") else "")
+    if not later and last_where is None:
+        return
+    lost = []
+    if later:
+        lost.append(f"metrics.jsonl loses epochs {later[0]}-{later[-1]}")
+    if last_where:
+        lost.append(f"checkpoint_last.npz (at {last_where}) is replaced")
+    message = (f"--resume {checkpoint['path']} continues from epoch {epoch} in {out}, where the run went further: "
+               + " and ".join(lost))
+    if not overwrite:
+        raise SettingsError(message + "; pass --overwrite to do that, or --output-dir NEW to branch into a "
+                                      "new folder (the history up to that epoch is carried over)")
+    print(f"--overwrite: {message}", file=sys.stderr, flush=True)
+
+
+def claim_output_dir(settings, plan, marker="config.json"):
+    """Create (or take) the run folder and return it; settings["output_dir"] is set to it.
+
+    None: a new folder ``runs/<net>-<dataset>-<time>``, with ``-2``, ``-3``, ... when
+    that exists (``os.mkdir`` is atomic, so simultaneous runs never share one).
+    A given folder: the files in ``plan.replaced`` are deleted (and listed), then
+    ``marker`` (config.json; None for --eval-only, which writes only eval_val.json)
+    is created exclusively unless the folder is the run's own.
+    """
+    try:
+        if settings["output_dir"] is None:
+            out = _new_default_folder(settings)
+            settings["output_dir"] = str(out)
+            return out
+        out = Path(settings["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.replaced:
+            _delete_run_files(out, plan.replaced)
+        if marker is not None and not plan.own:
+            with open(out / marker, "x"):
+                pass
+    except FileExistsError as e:
+        raise SettingsError(f"--output-dir {settings['output_dir']}: another run has just started writing "
+                            f"into it ({e.filename} appeared); choose another folder") from e
+    except OSError as e:
+        raise SettingsError(f"--output-dir {settings['output_dir']}: cannot write there: "
+                            f"{e.strerror or e} ({e.filename or ''})") from e
+    return out
+
+
+def _new_default_folder(settings):
+    base = Path("runs") / f"{settings['net']}-{settings['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise SettingsError(f"{base.parent}: no free folder name for {base.name}; pass --output-dir")
+
+
+def _delete_run_files(out, names):
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} files)" if len(names) > 8 else "")
+    print(f"--overwrite: deleted the earlier run's files in {out}: {shown}", file=sys.stderr, flush=True)
+
+
+def carry_history(source, out, epoch, settings):
+    """Resuming into a new folder: copy the history up to ``epoch`` from the checkpoint's folder
+    (metrics.jsonl lines, checkpoint_best.npz if not later, previews), and say what was carried."""
+    import shutil
+    carried, missing = [], []
+    if not same_run(read_config(source), settings):
+        print(f"note: {source} is not the folder of this run (no matching config.json): no history carried "
+              f"over; {out / 'metrics.jsonl'} starts at epoch {epoch + 1}", file=sys.stderr, flush=True)
+        return
+    lines = [line for line in _read_lines(source / "metrics.jsonl") if (_epoch_of(line) or epoch + 1) <= epoch]
+    if lines:
+        (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+        carried.append(f"metrics.jsonl (epochs {_epoch_of(lines[0])}-{_epoch_of(lines[-1])})")
+    else:
+        missing.append(f"metrics.jsonl starts at epoch {epoch + 1}")
+    best = read_meta(source / "checkpoint_best.npz") if (source / "checkpoint_best.npz").exists() else None
+    if best is not None and int(best.get("epoch", 0)) <= epoch:
+        shutil.copy2(source / "checkpoint_best.npz", out / "checkpoint_best.npz")
+        carried.append(f"checkpoint_best.npz (epoch {best['epoch']})")
+    else:
+        missing.append("no checkpoint_best.npz until val mIoU beats the checkpoint's best")
+    previews = [p for p in sorted((source / "predictions").glob("epoch_*.png"))
+                if p.stem[6:].isdigit() and int(p.stem[6:]) <= epoch]
+    for preview in previews:
+        shutil.copy2(preview, out / "predictions" / preview.name)
+    if previews:
+        carried.append(f"{len(previews)} previews")
+    print(f"resuming into a new folder {out}: carried over from {source}: {', '.join(carried) or 'nothing'}"
+          + (f"; {'; '.join(missing)}" if missing else ""), flush=True)
+
+
+def _read_lines(path):
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []

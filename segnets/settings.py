@@ -4,12 +4,17 @@
 ``resolve_settings(args)`` turns the parsed flags into the run's settings: the
 recipe of ``--net`` (segnets/recipes.py) with the given flags on top, or, with
 ``--resume``, the settings saved in the checkpoint with the few flags a resumed
-run may change. A new setting needs a flag in ``build_parser`` and, when it has a
-default, a value in ``recipes.COMMON``.
+run may change.
+
+Adding a setting: a flag in ``build_parser`` (a numeric one with ``type=Number(...)``,
+so that a bad value is refused at parse time, naming the flag, with exit status 2),
+and its default in ``recipes.COMMON``. A flag that only steers this invocation and
+is not a setting of the run (saved in config.json and checkpoints) goes into
+``NOT_SETTINGS``; one that a resumed run may change goes into ``RESUME_OVERRIDABLE``.
 """
 import argparse
-import os
-import time
+import math
+import uuid
 from pathlib import Path
 
 from minigrad import backend
@@ -23,6 +28,45 @@ NETS = tuple(MODELS)
 DATASETS = ("shapes", "voc", "folder", "idx-scenes")
 # Settings a resumed run may change; every other setting comes from the checkpoint.
 RESUME_OVERRIDABLE = ("device", "output_dir", "data_dir", "epochs")
+# Flags that steer this invocation only: never stored in the settings.
+NOT_SETTINGS = ("resume", "eval_only", "overwrite", "model_opt", "data_opt")
+
+
+class Number:
+    """An argparse ``type`` for numeric flags: ``int`` or a finite ``float`` in a range.
+
+    ``Number(int, minimum=1)``, ``Number(float, minimum=0.0, below=1.0)``: a value
+    outside the range (or NaN, inf, a non-number) is refused by argparse with
+    ``error: argument --flag: ...`` and exit status 2, before anything runs.
+    """
+
+    def __init__(self, kind, minimum=None, maximum=None, below=None):
+        self.kind, self.minimum, self.maximum, self.below = kind, minimum, maximum, below
+        self.__name__ = kind.__name__  # argparse names the type in some messages
+
+    def describe(self):
+        what = "an integer" if self.kind is int else "a finite number"
+        limits = [f">= {self.minimum}"] if self.minimum is not None else []
+        limits += [f"<= {self.maximum}"] if self.maximum is not None else []
+        limits += [f"< {self.below}"] if self.below is not None else []
+        return what + (" " + " and ".join(limits) if limits else "")
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if (value is None or (self.kind is float and not math.isfinite(value))
+                or (self.minimum is not None and value < self.minimum)
+                or (self.maximum is not None and value > self.maximum)
+                or (self.below is not None and value >= self.below)):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}")
+        return value
+
+
+POSITIVE_INT = Number(int, minimum=1)
+NON_NEGATIVE = Number(float, minimum=0.0)
+SEED = Number(int, minimum=0, maximum=2**32 - 1)  # NumPy's legacy seed range
 
 
 def build_parser():
@@ -41,26 +85,33 @@ def build_parser():
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", default=None,
                    help="dataset option passed to build_dataset, repeatable "
                         "(e.g. num_train=64 image_size=32 for shapes)")
-    p.add_argument("--epochs", type=int, help="number of epochs [recipe]")
-    p.add_argument("--batch-size", type=int, help="images per training step (and per eval batch) [recipe]")
-    p.add_argument("--lr", type=float, help="base learning rate [recipe]")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="number of epochs (with --resume: the total) [recipe]")
+    p.add_argument("--batch-size", type=POSITIVE_INT,
+                   help="images per training step (and per eval batch) [recipe]")
+    p.add_argument("--lr", type=NON_NEGATIVE, help="base learning rate [recipe]")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [recipe]")
-    p.add_argument("--momentum", type=float, help="SGD momentum [recipe]")
-    p.add_argument("--weight-decay", type=float, help="weight decay (L2 for sgd/adam, decoupled for adamw) [recipe]")
+    p.add_argument("--momentum", type=Number(float, minimum=0.0, below=1.0), help="SGD momentum, 0 <= m < 1 [recipe]")
+    p.add_argument("--weight-decay", type=NON_NEGATIVE,
+                   help="weight decay (L2 for sgd/adam, decoupled for adamw) [recipe]")
     p.add_argument("--lr-schedule", choices=("constant", "step", "poly", "cosine"),
                    help="learning-rate schedule: poly steps every iteration (lr*(1-it/total)^0.9), "
                         "step (x0.1 every third of the epochs) and cosine step every epoch [recipe]")
-    p.add_argument("--width", type=int, help="channels of the first conv block (64 in the papers) [recipe]")
-    p.add_argument("--crop-size", type=int, help="side of the random training crop [recipe]")
+    p.add_argument("--width", type=POSITIVE_INT, help="channels of the first conv block (64 in the papers) [recipe]")
+    p.add_argument("--crop-size", type=POSITIVE_INT, help="side of the random training crop [recipe]")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", default=None,
                    help="option passed to build_model, repeatable: padding=same, pad100=false, "
                         "fc_kernel=2, batch_norm=true, learn_upsampling=true (ints/floats/bools parsed)")
     p.add_argument("--class-weights", choices=("none", "median-freq"),
                    help="loss weights per class: none, or median-frequency balancing "
                         "(Eigen & Fergus) from the training masks [default: none]")
-    p.add_argument("--seed", type=int, help="seed of every random generator [default: 0]")
-    p.add_argument("--output-dir", help="where outputs go [default: runs/<net>-<dataset>-<time>; "
-                                        "with --resume: the checkpoint's directory]")
+    p.add_argument("--seed", type=SEED, help="seed of every random generator [default: 0]")
+    p.add_argument("--output-dir", help="where outputs go [default: a new folder runs/<net>-<dataset>-<time> "
+                                        "(-2, -3, ... added if it exists); with --resume: the checkpoint's "
+                                        "folder]; a folder that holds another run's files is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --output-dir to be a folder that holds another run's files: they are deleted "
+                        "(and listed) before this run writes its own; with --resume of an earlier "
+                        "checkpoint of the folder's run, drop the later epochs")
     p.add_argument("--init-weights", metavar="FILE",
                    help="start the net from these weights instead of its random init: a segnets checkpoint, "
                         "a state dict saved with minigrad.save, or an .npz of name -> array with segnets names "
@@ -82,8 +133,7 @@ def resolve_settings(args):
     --device, --output-dir, --data-dir and --epochs may change them (anything else
     would break the exact continuation). Returns (settings, checkpoint or None).
     """
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("resume", "eval_only", "model_opt", "data_opt")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_SETTINGS}
     model_options = parse_options(args.model_opt, "--model-opt")
     data_options = parse_options(args.data_opt, "--data-opt")
     if args.resume:
@@ -103,9 +153,8 @@ def resolve_settings(args):
     settings["data_options"] = {**settings["data_options"], **data_options}
     settings.setdefault("device", "cpu")
     settings.setdefault("data_dir", None)
-    if "output_dir" not in settings:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        settings["output_dir"] = os.path.join("runs", f"{settings['net']}-{settings['dataset']}-{stamp}")
+    settings.setdefault("output_dir", None)  # None: a new folder under runs/, made when the run starts
+    settings["run_id"] = uuid.uuid4().hex  # tells this run's files from another's (run.check_output_dir)
     return settings, None
 
 

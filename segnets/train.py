@@ -54,7 +54,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -63,17 +62,22 @@ import minigrad.functional as F
 from .checkpoint import CheckpointError, load_model_state
 from .evaluate import center_crop, confusion_matrix, evaluate, metrics_dict, to_tensor
 from .recipes import SettingsError
-from .run import (IGNORE_INDEX, EpochProgress, Run, StopRequest, build_data, build_net, current_lr,
-                  load_initial_weights, seed_everything)
+from .run import (IGNORE_INDEX, EpochProgress, Run, StopRequest, build_data, build_net, check_output_dir,
+                  claim_output_dir, current_lr, load_initial_weights, seed_everything)
 from .settings import build_parser, check_device, resolve_settings
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the message names the step."""
+    """The loss became NaN or inf; the message names the step, the likely cause and what is saved."""
 
-    def __init__(self, epoch, iteration, value):
-        super().__init__(f"loss is {value} at epoch {epoch}, iteration {iteration}; training stopped "
-                         "before this step's update (checkpoint_last.npz still holds the last good epoch)")
+    def __init__(self, epoch, iteration, value, saved_epoch=0, unlabelled=False, lr=None):
+        cause = ("no pixel of this batch's masks is labelled (all are the ignore value 255)" if unlabelled
+                 else f"the training diverged (a smaller --lr than {lr:g}?)" if lr is not None else "")
+        saved = (f"checkpoint_last.npz still holds the end of epoch {saved_epoch}" if saved_epoch
+                 else "no epoch had finished; checkpoint_last.npz holds the state before training")
+        super().__init__(f"loss is {value} at epoch {epoch}, iteration {iteration}"
+                         + (f": {cause}" if cause else "") + f"; training stopped before this step's update "
+                         f"({saved})")
         self.epoch, self.iteration, self.value = epoch, iteration, value
 
 
@@ -87,9 +91,9 @@ def main(argv=None):
     try:
         settings, checkpoint = resolve_settings(args)
         if args.eval_only:
-            evaluate_only(settings, checkpoint)
+            evaluate_only(settings, checkpoint, overwrite=args.overwrite)
         else:
-            train(settings, checkpoint)
+            train(settings, checkpoint, overwrite=args.overwrite)
     except (SettingsError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,14 +105,17 @@ def main(argv=None):
     return 0
 
 
-def train(settings, checkpoint=None):
-    """Train (or continue training) as ``settings`` say; returns the records of the epochs run."""
+def train(settings, checkpoint=None, overwrite=False):
+    """Train (or continue training) as ``settings`` say; returns the records of the epochs run.
+
+    ``overwrite``: the output folder may hold another run's files, which are deleted.
+    """
+    plan = check_output_dir(settings, checkpoint, overwrite)  # before any work: a refused folder costs nothing
     run = Run(settings, checkpoint)
-    run.write_config()
+    run.open_output_dir(plan, checkpoint)
     if checkpoint is None:
         run.save("checkpoint_last.npz")  # epoch 0: an interrupt during the first epoch can resume too
     else:
-        run.trim_metrics_log()
         where = (f"epoch {run.progress.epoch}, iteration {run.progress.iterations}" if run.progress
                  else f"the end of epoch {run.epoch}")
         print(f"resumed from {checkpoint['path']} at {where}", flush=True)
@@ -171,7 +178,9 @@ def train_one_epoch(run, progress, stop):
             loss = compute_loss(run.model, images, masks, run.class_weights)
             value = loss.item()
             if not math.isfinite(value):
-                raise NonFiniteLoss(progress.epoch, progress.iterations + 1, value)
+                unlabelled = bool((masks.data == IGNORE_INDEX).all())
+                raise NonFiniteLoss(progress.epoch, progress.iterations + 1, value, saved_epoch=run.epoch,
+                                    unlabelled=unlabelled, lr=run.settings["lr"])
             run.optimizer.zero_grad()
             loss.backward()
             run.optimizer.step()
@@ -217,9 +226,10 @@ def epoch_summary(record, epochs, best):
             f"{record['seconds']:.1f} s  {record['images_per_second']:.1f} img/s")
 
 
-def evaluate_only(settings, checkpoint=None):
+def evaluate_only(settings, checkpoint=None, overwrite=False):
     """--eval-only: val metrics (table + eval_val.json) of the checkpoint's weights, else the
     --init-weights file's, else the untrained net's."""
+    plan = check_output_dir(settings, checkpoint, overwrite, eval_only=True)
     if checkpoint is None:
         seed_everything(settings["seed"])
         data = build_data(settings)
@@ -232,8 +242,7 @@ def evaluate_only(settings, checkpoint=None):
         load_initial_weights(model, settings["init_weights"])
     matrix = confusion_matrix(model, data.val_loader, len(data.classes), settings["device"])
     print(matrix.format_table(data.classes))
-    out = Path(settings["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(settings, plan, marker=None)
     metrics = metrics_dict(matrix)
     (out / "eval_val.json").write_text(json.dumps({"classes": data.classes, **metrics}, indent=2))
     return metrics
