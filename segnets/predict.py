@@ -121,7 +121,10 @@ def build_parser():
                                 description="Segment images with a trained segnets checkpoint; writes per image "
                                             "<stem>_mask.png (class indices), <stem>_color.png (VOC palette) "
                                             "and <stem>_overlay.png.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint .npz written by segnets.train")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint .npz written by segnets.train")
+    source.add_argument("--onnx", metavar="MODEL", help="an .onnx file written by segnets.export, run with ONNX "
+                                                        "Runtime (same outputs; --device is ignored)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--output-dir", required=True, help="directory for the PNGs (created if missing)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
@@ -134,13 +137,19 @@ def main(argv=None):
     from .data.base import read_image
     args = build_parser().parse_args(argv)
     try:
-        backend.xp_for(args.device)  # a missing GPU fails here, before any work
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = build_model_from_checkpoint(checkpoint, device=args.device)
+        if args.onnx:
+            from .onnx_model import OnnxSegmenter
+            segmenter = OnnxSegmenter(args.onnx)
+            meta, segment = segmenter.meta, segmenter.predict_mask
+        else:
+            backend.xp_for(args.device)  # a missing GPU fails here, before any work
+            checkpoint = load_checkpoint(args.checkpoint)
+            model = build_model_from_checkpoint(checkpoint, device=args.device)
+            meta = checkpoint["meta"]
+            segment = lambda image: predict_mask(model, image, meta["mean"], meta["std"], args.device)  # noqa: E731
     except (RuntimeError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    meta = checkpoint["meta"]
     if len(meta["classes"]) > 256:
         print(f"error: {len(meta['classes'])} classes do not fit an 8-bit mask PNG", file=sys.stderr)
         return 2
@@ -154,7 +163,12 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        mask = predict_mask(model, image, meta["mean"], meta["std"], args.device)
+        try:
+            mask = segment(image)
+        except RuntimeError as e:  # an image larger than an ONNX model's fixed input
+            print(f"error: {path}: {e}", file=sys.stderr)
+            failures += 1
+            continue
         save_png(mask.astype(np.uint8), out / f"{stem}_mask.png")
         save_png(colorize(mask), out / f"{stem}_color.png")
         save_png(overlay(image, mask, alpha=args.alpha), out / f"{stem}_overlay.png")
