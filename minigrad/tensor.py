@@ -57,9 +57,17 @@ def _as_array(data, dtype, device):
     if hasattr(data, "__array__") or hasattr(data, "__cuda_array_interface__"):
         if dtype is None and not np.isscalar(data):
             dtype = data.dtype  # arrays keep their dtype, like torch.tensor(ndarray)
+        _check_numeric(np.dtype(dtype) if dtype is not None else data.dtype, data)
         return xp.array(backend.to_device(data, device), dtype=dtype, copy=True)
     host = np.asarray(data)
+    _check_numeric(host.dtype if dtype is None else dtype, data)
     return xp.asarray(host, dtype=dtype if dtype is not None else _default_dtype(host))
+
+
+def _check_numeric(dtype, data):
+    """TypeError for data that are not numbers or bools (strings, None, objects), as torch.tensor."""
+    if dtype.kind not in "biufc":
+        raise TypeError(f"Tensor: data must be numbers or bools, got {type(data).__name__} of dtype {dtype}")
 
 
 class Tensor:

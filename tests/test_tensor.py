@@ -255,3 +255,17 @@ def test_core_ops_match_torch(rng):
 
 def test_gradcheck_is_public_at_package_level(rng):
     assert mg.gradcheck(lambda x: x * x, [t64(rng, 3)])
+
+
+@pytest.mark.parametrize("data", ["abc", None, [None, 1], {"a": 1}, np.array([1, "a"], dtype=object),
+                                  np.array(["x", "y"])])
+def test_non_numeric_data_is_refused_with_a_type_error(data):
+    # torch.tensor("abc") and torch.tensor(None) raise too; before, Tensor("abc") + 1 gave 'abc1'
+    with pytest.raises(TypeError, match="numbers or bools"):
+        mg.Tensor(data)
+
+
+def test_numbers_and_bools_are_accepted():
+    assert mg.Tensor([True, False]).dtype == np.bool_
+    assert mg.Tensor([1, 2]).dtype == np.int64 and mg.Tensor(np.uint8(3)).dtype == np.uint8
+    assert mg.Tensor(np.array([1, 2], dtype=object), dtype="float32").numpy().tolist() == [1.0, 2.0]
