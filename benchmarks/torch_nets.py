@@ -1,4 +1,4 @@
-"""Minimal PyTorch twins of the five segnets nets, parameterised by width like segnets.
+"""Minimal PyTorch twins of the segnets nets, parameterised by width like segnets.
 
 Layer names follow segnets' models (conv1_1, bn1_1, fc6, score_fr, upscore2,
 deconv5_1, enc1.conv1, up4, dec4, final, ...), so weights copy across by name.
@@ -14,6 +14,7 @@ Architectures (``width`` = channels of the first block, 64 in the papers):
   with BatchNorm after max_unpool2d with the switches, and a 1x1 score.
 * U-Net: five levels of two 3x3 convs (``padding`` "valid" or "same", optional
   BatchNorm), 2x2/2 up-convs, centre-cropped skip concatenation, 1x1 score.
+* DeepLab-LargeFOV / v2 ASPP-L and SegNet: see their classes.
 """
 import torch
 from torch import nn
@@ -201,6 +202,76 @@ class UNet(nn.Module):
         return self.final(x)
 
 
+class DeepLab(nn.Module):
+    """DeepLab-LargeFOV (one head, ``rates=(12,)``) or v2 ASPP-L (``rates=(6, 12, 18, 24)``, heads summed)
+    on the atrous VGG16: pool1-3 3x3/2 pad 1, pool4-5 3x3/1 pad 1 (ceil mode), conv5 dilation 2;
+    each head fc6 3x3 (dilation r, 16*width) -> fc7 1x1 -> fc8 1x1 with ReLU and dropout;
+    logits upsampled bilinearly (align_corners=True) to the input size."""
+
+    def __init__(self, num_classes, in_channels=3, width=64, rates=(12,), aspp=False):
+        super().__init__()
+        self.stages, channels = _vgg16(self, in_channels, width, 1, batch_norm=False)
+        for name in self.stages[4]:
+            conv = getattr(self, f"conv{name}")
+            conv.dilation, conv.padding = (2, 2), (2, 2)
+        self.suffixes = [f"_{k}" for k in range(1, len(rates) + 1)] if aspp else [""]
+        fc = 16 * width
+        for suffix, rate in zip(self.suffixes, rates):
+            self.add_module(f"fc6{suffix}", nn.Conv2d(channels, fc, 3, padding=rate, dilation=rate))
+            self.add_module(f"fc7{suffix}", nn.Conv2d(fc, fc, 1))
+            self.add_module(f"fc8{suffix}", nn.Conv2d(fc, num_classes, 1))
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        for stage, names in enumerate(self.stages, start=1):
+            for name in names:
+                x = F.relu(getattr(self, f"conv{name}")(x))
+            x = F.max_pool2d(x, 3, 2 if stage <= 3 else 1, 1, ceil_mode=True)
+        out = 0
+        for suffix in self.suffixes:
+            y = F.dropout(F.relu(getattr(self, f"fc6{suffix}")(x)), 0.5, self.training)
+            y = F.dropout(F.relu(getattr(self, f"fc7{suffix}")(y)), 0.5, self.training)
+            out = out + getattr(self, f"fc8{suffix}")(y)
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+
+
+class SegNet(nn.Module):
+    """VGG16 convs with BatchNorm and switch-keeping 2x2 pools; per stage max_unpool2d with that stage's
+    switches, then the mirrored 3x3 convs (conv5_3_D ... conv1_1_D), BatchNorm + ReLU after all but the last."""
+    DECODER = ((5, (8, 8, 8)), (4, (8, 8, 4)), (3, (4, 4, 2)), (2, (2, 1)), (1, (1, None)))
+
+    def __init__(self, num_classes, in_channels=3, width=64):
+        super().__init__()
+        self.stages, channels = _vgg16(self, in_channels, width, 1, batch_norm=True)
+        self.decoder = []
+        for stage, mults in self.DECODER:
+            names = [f"{stage}_{i}" for i in range(len(mults), 0, -1)]
+            self.decoder.append((stage, list(zip(names, mults))))
+            for name, mult in zip(names, mults):
+                out = num_classes if mult is None else width * mult
+                self.add_module(f"conv{name}_D", nn.Conv2d(channels, out, 3, padding=1))
+                if mult is not None:
+                    self.add_module(f"bn{name}_D", nn.BatchNorm2d(out))
+                channels = out
+
+    def forward(self, x):
+        switches = []
+        for names in self.stages:
+            for name in names:
+                x = F.relu(getattr(self, f"bn{name}")(getattr(self, f"conv{name}")(x)))
+            size = x.shape[-2:]
+            x, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+            switches.append((indices, size))
+        for stage, layers in self.decoder:
+            indices, size = switches[stage - 1]
+            x = F.max_unpool2d(x, indices, 2, 2, output_size=size)
+            for name, mult in layers:
+                x = getattr(self, f"conv{name}_D")(x)
+                if mult is not None:
+                    x = F.relu(getattr(self, f"bn{name}_D")(x))
+        return x
+
+
 def build(name, num_classes, in_channels=3, width=64, **options):
     """The twin of ``segnets.build_model(name, num_classes, in_channels, width, **options)``."""
     if name in FCN.SKIPS:
@@ -209,4 +280,16 @@ def build(name, num_classes, in_channels=3, width=64, **options):
         return DeconvNet(num_classes, in_channels, width, **options)
     if name == "unet":
         return UNet(num_classes, in_channels, width, **options)
-    raise ValueError(f"unknown net {name!r}: expected one of fcn32s, fcn16s, fcn8s, deconvnet, unet")
+    if name == "deeplabv1_largefov":
+        return DeepLab(num_classes, in_channels, width, rates=(options.pop("fc6_dilation", 12),), **options)
+    if name == "deeplabv2_vgg16":
+        rates = options.pop("rates", (6, 12, 18, 24))
+        rates = [int(r) for r in rates.split(",")] if isinstance(rates, str) else rates
+        return DeepLab(num_classes, in_channels, width, rates=tuple(rates), aspp=True, **options)
+    if name == "segnet":
+        return SegNet(num_classes, in_channels, width, **options)
+    from . import torch_resnets  # DeepLab v2/v3/v3+ and PSPNet on ResNet
+    if name in torch_resnets.NETS:
+        return torch_resnets.build(name, num_classes, in_channels, width, **options)
+    raise ValueError(f"unknown net {name!r}: expected one of fcn32s, fcn16s, fcn8s, deconvnet, unet, "
+                     "deeplabv1_largefov, deeplabv2_vgg16, segnet")

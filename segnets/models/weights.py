@@ -16,11 +16,19 @@ missing keys::
 
     sd = {k: v.numpy() for k, v in torch.load("vgg16-397923af.pth").items()}
     missing, unexpected = segnets.load_torch_state_dict(model, sd, strict=False)
+
+ImageNet ResNet-50/101 for DeepLab v2/v3/v3+ and PSPNet: torchvision's
+``resnet50`` / ``resnet101`` state dicts (``conv1.weight``, ``layer1.0.conv1.weight``,
+..., ``fc.*``) are recognised and prefixed with ``backbone.`` (see
+``resnet.translate_torchvision_resnet``); ``fc.*`` comes back as unexpected, and
+the heads as missing. A torchvision ``deeplabv3_resnet101`` state dict has our
+DeepLab v3's key names and loads as it is.
 """
 import numpy as np
 
 from minigrad import Tensor
 
+from .resnet import is_torchvision_resnet, translate_torchvision_resnet
 from .vgg import is_torchvision_vgg, translate_torchvision_vgg16
 
 
@@ -38,4 +46,6 @@ def load_torch_state_dict(model, state_dict, strict=True):
         targets = {key: tuple(t.shape) for key, t in model.state_dict().items()}
         has_bn = any(key.startswith("bn1_1.") for key in targets)
         state = translate_torchvision_vgg16(state, targets, has_bn)
+    elif getattr(model, "has_resnet_backbone", False) and is_torchvision_resnet(state):
+        state = translate_torchvision_resnet(state, deep_stem=model.backbone.deep_stem)
     return model.load_state_dict(state, strict=strict)

@@ -1,0 +1,277 @@
+"""The ResNet backbone and the nets on it (DeepLab v2/v3/v3+, PSPNet): reference parameter counts,
+dilation schedules, the aux-head contract, torchvision resnet key import and float64 PyTorch parity."""
+import numpy as np
+import pytest
+
+import minigrad
+import segnets
+from minigrad import functional as F
+from minigrad import nn
+from segnets.models.deeplabv3 import SeparableConv2d
+from segnets.models.resnet import Bottleneck, ResNet
+from tests.helpers import require_torch
+
+NETS = ["deeplabv2_resnet101", "deeplabv3_resnet101", "deeplabv3plus_resnet101", "pspnet50", "pspnet101"]
+
+
+def _no_random_init(monkeypatch):
+    """Full-size nets are built with uninitialised weights: drawing ~60M normals says nothing about the layers."""
+    monkeypatch.setattr(nn.init, "uniform_", lambda tensor, *args, **kwargs: tensor)
+    monkeypatch.setattr(nn.init, "normal_", lambda tensor, *args, **kwargs: tensor)
+
+
+# ---------------------------------------------------------------- the references' parameter counts
+@pytest.mark.parametrize("name, options, total", [
+    ("deeplabv2_resnet101", {}, 44_048_532),                          # kazuto1011/deeplab-pytorch
+    ("deeplabv3_resnet101", {}, 58_630_997),                          # torchvision
+    ("deeplabv3_resnet101", {"aux_loss": True}, 60_996_202),
+    ("deeplabv3plus_resnet101", {}, 59_344_309),                      # jfzhang95/pytorch-deeplab-xception
+    ("deeplabv3plus_resnet101", {"output_stride": 8}, 59_344_309),
+    ("deeplabv3plus_resnet101", {"separable": True}, 45_688_261),     # 3x3s -> depthwise + BN + pointwise
+    ("pspnet50", {}, 46_716_373),                                     # hszhao/semseg
+    ("pspnet101", {}, 65_708_501),
+    ("pspnet50", {"aux_loss": True}, 49_081_578),
+    ("pspnet101", {"aux_loss": True}, 68_073_706),
+])
+def test_full_size_parameter_counts(name, options, total, monkeypatch):
+    _no_random_init(monkeypatch)
+    model = segnets.build_model(name, 21, **options)
+    assert model.num_parameters() == model.num_parameters(only_trainable=True) == total
+
+
+def test_separable_count_by_hand(monkeypatch):
+    """The separable variant replaces three ASPP 3x3s (2048 -> 256) and the decoder's two 3x3s
+    (304 -> 256, 256 -> 256) by depthwise 3x3 + BN(in) + pointwise 1x1."""
+    _no_random_init(monkeypatch)
+
+    def separable(cin, cout):
+        return cin * 9 + 2 * cin + cin * cout
+    saved = 3 * (2048 * 256 * 9 - separable(2048, 256)) + (304 * 256 * 9 - separable(304, 256)) \
+        + (256 * 256 * 9 - separable(256, 256))
+    assert 59_344_309 - saved == 45_688_261
+    model = segnets.build_model("deeplabv3plus_resnet101", 21, separable=True)
+    assert isinstance(model.aspp.aspp2.atrous_conv, SeparableConv2d)
+    assert model.aspp.aspp2.atrous_conv.depthwise.groups == 2048
+    assert model.aspp.aspp4.atrous_conv.depthwise.dilation == (18, 18)
+    assert isinstance(model.aspp.aspp1.atrous_conv, nn.Conv2d)  # the 1x1 branch stays
+
+
+def test_backbones_match_torchvision_resnet_counts(monkeypatch):
+    """torchvision's resnet50 / resnet101 have 25,557,032 / 44,549,160 parameters with their 1000-class fc."""
+    _no_random_init(monkeypatch)
+    fc = 2048 * 1000 + 1000
+    assert ResNet(50).num_parameters() == 25_557_032 - fc
+    assert ResNet(101).num_parameters() == 44_549_160 - fc
+    bottlenecks = [m for m in ResNet(101).modules() if isinstance(m, Bottleneck)]
+    assert len(bottlenecks) == 33 and all(m.downsample is None for m in bottlenecks[1:3])
+
+
+# ---------------------------------------------------------------- the backbone's geometry
+def _dilations(backbone):
+    return [[block.conv2.dilation[0] for block in getattr(backbone, f"layer{i}")] for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("replace, output_stride, layer3, layer4", [
+    ((False, False, False), 32, [1] * 6, [1] * 3),
+    ((False, False, True), 16, [1] * 6, [1, 2, 2]),   # torchvision: the first block keeps the previous dilation
+    ((False, True, True), 8, [1, 2, 2, 2, 2, 2], [2, 4, 4]),
+])
+def test_replace_stride_with_dilation_as_torchvision(replace, output_stride, layer3, layer4):
+    backbone = ResNet(50, width=1, replace_stride_with_dilation=replace)
+    assert backbone.output_stride == output_stride
+    dilations = _dilations(backbone)
+    assert dilations[2:] == [layer3, layer4]
+    x = minigrad.Tensor(np.zeros((1, 3, 64, 96), np.float32))
+    with minigrad.no_grad():
+        stages = backbone.eval().stages(x)
+    assert [tuple(s.shape[-2:]) for s in stages][-1] == (64 // output_stride, 96 // output_stride)
+    assert [s.shape[1] for s in stages] == [4, 8, 16, 32]
+
+
+def test_reference_dilation_schedules():
+    v2 = segnets.build_model("deeplabv2_resnet101", 2, width=1)
+    assert _dilations(v2.backbone)[2:] == [[2] * 23, [4] * 3]
+    assert v2.backbone.layer2[0].conv1.stride == (2, 2) and v2.backbone.layer2[0].conv2.stride == (1, 1)
+    assert v2.backbone.maxpool.ceil_mode
+    plus = segnets.build_model("deeplabv3plus_resnet101", 2, width=1)
+    assert _dilations(plus.backbone)[2:] == [[1] * 23, [2, 4, 8]] and plus.backbone.output_stride == 16
+    plus8 = segnets.build_model("deeplabv3plus_resnet101", 2, width=1, output_stride=8)
+    assert _dilations(plus8.backbone)[2:] == [[2] * 23, [4, 8, 16]]
+    assert [b.atrous_conv.dilation[0] for b in (plus8.aspp.aspp2, plus8.aspp.aspp3, plus8.aspp.aspp4)] == [12, 24, 36]
+    psp = segnets.build_model("pspnet50", 2, width=1)
+    assert _dilations(psp.backbone)[2:] == [[2] * 6, [4] * 3]
+    assert psp.backbone.conv1.weight.shape == (1, 3, 3, 3) and psp.backbone.conv3.weight.shape == (2, 1, 3, 3)
+    assert psp.backbone.layer1[0].conv1.weight.shape == (1, 2, 1, 1)
+
+
+def test_he_init_and_zero_init_residual():
+    backbone = ResNet(50, width=16, zero_init_residual=True)
+    weight = backbone.layer3[1].conv2.weight.numpy()  # fan_out = 64 * 9
+    assert weight.std() == pytest.approx(np.sqrt(2 / (64 * 9)), rel=0.05)
+    assert all(not b.bn3.weight.numpy().any() for b in backbone.modules() if isinstance(b, Bottleneck))
+    assert backbone.layer1[0].bn2.weight.numpy().min() == 1
+    # each block starts as the identity on its shortcut: the map after layer1's second block equals its input
+    block = backbone.layer1[1].eval()
+    x = minigrad.Tensor(np.abs(np.random.default_rng(0).standard_normal((1, 64, 5, 5))).astype(np.float32))
+    np.testing.assert_array_equal(block(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"depth": 34}, "depth must be one of"),
+    ({"replace_stride_with_dilation": (True,)}, "3 booleans"),
+    ({"multi_grid": (1, 2)}, "one multiplier per layer4 block"),
+    ({"deep_stem": 1}, "deep_stem must be True or False"),
+])
+def test_resnet_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ResNet(**{"width": 1, **kwargs})
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("deeplabv3plus_resnet101", {"output_stride": 32}, "output_stride must be 8 or 16"),
+    ("deeplabv3_resnet101", {"aux_loss": "yes"}, "aux_loss must be True or False"),
+    ("pspnet50", {"aux_loss": None}, "aux_loss must be True or False"),
+])
+def test_bad_net_options(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        segnets.build_model(name, 2, width=1, **options)
+
+
+def test_registry_options_and_config():
+    assert set(NETS) <= set(segnets.MODELS)
+    assert segnets.options_of("deeplabv3plus_resnet101") == ["output_stride", "separable"]
+    assert segnets.options_of("pspnet101") == ["aux_loss"]
+    assert segnets.options_of("deeplabv2_resnet101") == []
+    model = segnets.build_model("deeplabv3_resnet101", 4, in_channels=1, width=1, aux_loss=True)
+    assert model.config == {"name": "deeplabv3_resnet101", "num_classes": 4, "in_channels": 1, "width": 1,
+                            "aux_loss": True}
+    again = segnets.build_model(**model.config)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- outputs and the aux contract
+@pytest.mark.parametrize("name, options", [("deeplabv2_resnet101", {}), ("deeplabv3_resnet101", {"aux_loss": True}),
+                                           ("deeplabv3plus_resnet101", {"separable": True}),
+                                           ("pspnet50", {"aux_loss": True})])
+def test_any_size_gives_logits_at_the_input_size_and_aux_only_on_request(name, options):
+    model = segnets.build_model(name, 3, width=1, **options)
+    rule = model.size_rule()
+    assert rule.accepts(1) and rule.accepts(47)
+    x = minigrad.Tensor(np.random.default_rng(0).standard_normal((2, 3, 19, 30)).astype(np.float32))
+    out = model(x)
+    assert isinstance(out, minigrad.Tensor) and out.shape == (2, 3, 19, 30)
+    logits, aux = model.forward_with_aux(x)
+    assert logits.shape == (2, 3, 19, 30)
+    assert (aux is None) == (not options.get("aux_loss", False))
+    if aux is not None:
+        assert aux.shape == logits.shape and model.aux_weight == {"deeplabv3_resnet101": 0.5, "pspnet50": 0.4}[name]
+    model.eval()
+    with minigrad.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), model.forward_with_aux(x)[0].numpy(), rtol=1e-6)
+
+
+def test_gradients_reach_every_parameter_with_the_aux_head():
+    model = segnets.build_model("pspnet50", 3, width=1, aux_loss=True).to(np.float64).train()
+    rng = np.random.default_rng(2)
+    x = minigrad.Tensor(rng.standard_normal((2, 3, 17, 17)))
+    target = minigrad.Tensor(rng.integers(0, 3, size=(2, 17, 17)))
+    logits, aux = model.forward_with_aux(x)
+    (F.cross_entropy(logits, target) + 0.4 * F.cross_entropy(aux, target)).backward()
+    for key, param in model.named_parameters():
+        assert param.grad is not None and np.abs(param.grad.numpy()).max() > 0, key
+
+
+def test_summary_runs_the_net():
+    model = segnets.build_model("deeplabv3plus_resnet101", 3, width=1)
+    text = model.summary((33, 33), print_fn=None)
+    assert "backbone.layer4.2.conv2" in text and "output (1, 3, 33, 33)" in text
+    assert f"total parameters: {model.num_parameters():,}" in text
+
+
+# ---------------------------------------------------------------- torchvision resnet keys
+def _torchvision_resnet_state(depth, width, rng):
+    """torchvision's resnet layout: our backbone's keys without the prefix, plus the 1000-class fc."""
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) if v.ndim else np.array(3)
+             for k, v in ResNet(depth, width=width).state_dict().items()}
+    state["fc.weight"] = rng.standard_normal((1000, 32 * width)).astype(np.float32)
+    state["fc.bias"] = rng.standard_normal(1000).astype(np.float32)
+    return state
+
+
+def test_torchvision_resnet101_keys_load_into_the_backbone():
+    rng = np.random.default_rng(3)
+    state = _torchvision_resnet_state(101, 1, rng)
+    model = segnets.build_model("deeplabv3_resnet101", 3, width=1)
+    missing, unexpected = segnets.load_torch_state_dict(model, state, strict=False)
+    np.testing.assert_array_equal(model.backbone.conv1.weight.numpy(), state["conv1.weight"])
+    np.testing.assert_array_equal(model.backbone.layer3[22].bn2.running_var.numpy(), state["layer3.22.bn2.running_var"])
+    assert unexpected == ["fc.weight", "fc.bias"]
+    assert missing and all(k.startswith("classifier.") for k in missing)
+    with pytest.raises(RuntimeError, match="size mismatch for backbone.conv1.weight"):
+        segnets.load_torch_state_dict(model, _torchvision_resnet_state(101, 2, rng), strict=False)
+
+
+def test_torchvision_resnet50_keys_skip_the_deep_stem():
+    state = _torchvision_resnet_state(50, 1, np.random.default_rng(4))
+    model = segnets.build_model("pspnet50", 3, width=1)
+    missing, unexpected = segnets.load_torch_state_dict(model, state, strict=False)
+    assert sorted(unexpected) == sorted(["conv1.weight", "layer1.0.conv1.weight", "layer1.0.downsample.0.weight",
+                                         "fc.weight", "fc.bias"])
+    assert {"backbone.conv1.weight", "backbone.conv3.weight", "backbone.layer1.0.conv1.weight"} <= set(missing)
+    np.testing.assert_array_equal(model.backbone.layer4[2].conv3.weight.numpy(), state["layer4.2.conv3.weight"])
+
+
+# ---------------------------------------------------------------- parity with PyTorch
+def _zero_dropout(modules):
+    for module in modules:
+        if type(module).__name__ in ("Dropout", "Dropout2d"):
+            module.p = 0.0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name, options", [
+    ("deeplabv2_resnet101", {}),
+    ("deeplabv3_resnet101", {"aux_loss": True}),
+    ("deeplabv3plus_resnet101", {}),
+    ("deeplabv3plus_resnet101", {"separable": True, "output_stride": 8}),
+    ("pspnet50", {"aux_loss": True}),
+])
+def test_matches_pytorch(name, options):
+    """Train mode (batch statistics, running-stat updates; dropout at p=0 on both sides), forward and
+    backward through logits and aux logits in float64; then the eval-mode forward."""
+    torch = require_torch()
+    from benchmarks.torch_nets import build
+    torch.manual_seed(0)
+    twin = build(name, 3, width=1, **options).double()
+    with torch.no_grad():
+        for key, param in twin.named_parameters():
+            if param.ndim == 1 and key.endswith("weight"):  # BN scales away from 1
+                param.uniform_(0.5, 1.5)
+    model = segnets.build_model(name, 3, width=1, **options).to(np.float64)
+    segnets.load_torch_state_dict(model, {k: v.numpy() for k, v in twin.state_dict().items()})
+    _zero_dropout(twin.modules())
+    _zero_dropout(model.modules())
+    x = np.random.default_rng(0).standard_normal((2, 3, 17, 23))
+    x_t, x_m = torch.tensor(x, requires_grad=True), minigrad.Tensor(x, requires_grad=True)
+    (out_t, aux_t), (out_m, aux_m) = twin.forward_with_aux(x_t), model.forward_with_aux(x_m)
+    assert (aux_t is None) == (aux_m is None) == (not options.get("aux_loss", False))
+    np.testing.assert_allclose(out_m.numpy(), out_t.detach().numpy(), rtol=1e-8, atol=1e-9)
+    weights = np.random.default_rng(1).standard_normal(out_t.shape)
+    loss_t, loss_m = (out_t * torch.tensor(weights)).sum(), (out_m * minigrad.Tensor(weights)).sum()
+    if aux_t is not None:
+        np.testing.assert_allclose(aux_m.numpy(), aux_t.detach().numpy(), rtol=1e-8, atol=1e-9)
+        loss_t, loss_m = loss_t + 0.4 * (aux_t ** 2).sum(), loss_m + 0.4 * (aux_m ** 2).sum()
+    loss_t.backward()
+    loss_m.backward()
+    np.testing.assert_allclose(x_m.grad.numpy(), x_t.grad.numpy(), rtol=1e-6, atol=1e-8)
+    params_t = dict(twin.named_parameters())
+    scale = max(np.abs(p.grad.numpy()).max() for p in params_t.values())  # BN-cancelled grads are tiny
+    for key, param in model.named_parameters():
+        np.testing.assert_allclose(param.grad.numpy(), params_t[key].grad.numpy(), rtol=1e-6, atol=1e-8 * scale,
+                                   err_msg=key)  # 100+ train-mode BNs over 2 x 1 channel maps: ill-conditioned
+    for key, buffer in model.named_buffers():
+        np.testing.assert_allclose(buffer.numpy(), twin.get_buffer(key).numpy(), rtol=1e-9, err_msg=key)
+    twin.eval()
+    model.eval()
+    with torch.no_grad(), minigrad.no_grad():
+        np.testing.assert_allclose(model(x_m).numpy(), twin(x_t).numpy(), rtol=1e-8, atol=1e-9)
