@@ -72,6 +72,31 @@ RECIPES = {
                   "epochs": 30, "model_options": {"fc_kernel": 1}},
     "unet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 36,
              "model_options": {"padding": "same", "batch_norm": True}},
+    # DeepLab's poly schedule (COMMON) with Adam: like the FCNs, its VGG16 trunk has no batch norm and
+    # starts from scratch here (SGD 0.01, momentum 0.9, stayed at the background-only solution, val
+    # mIoU 0.131, for the 2 epochs tried). Atrous rates are scaled to the 9x9 stride-8 map of a 64x64
+    # crop (the papers' 12 and 6..24 are for the 41x41 map of a 321x321 crop).
+    "deeplabv1_largefov": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 30,
+                           "model_options": {"fc6_dilation": 2}},
+    "deeplabv2_vgg16": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 30,
+                        "model_options": {"rates": [1, 2, 3, 4]}},
+    "segnet": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 30, "model_options": {}},
+    # The ResNet nets (segnets/models/deeplabv3.py, pspnet.py): the FCNs' Adam 3e-3 at width 8 (ResNet-101
+    # then ends in 256 channels), the references' rates and aux heads (weights 0.5 / 0.4, training only).
+    # 6 epochs: a ResNet-101 step (batch 8, 64x64) takes 0.6-1.6 s on one busy core, ~20x an FCN-8s step,
+    # most of it per-layer overhead of ~110 small convs (width 4 is barely faster). On a 64x64 crop the
+    # stride-8 map is 8x8, so ASPP's rates 12/24/36 (v3) and 6/12/18 (v3+, 4x4 map) see only their
+    # centre tap plus zero padding: the branches act as 1x1 convs, the case DeepLab v3 adds image pooling for.
+    "deeplabv2_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
+                            "model_options": {}},
+    "deeplabv3_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
+                            "model_options": {"aux_loss": True}},
+    "deeplabv3plus_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
+                                "model_options": {}},
+    "pspnet50": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
+                 "model_options": {"aux_loss": True}},
+    "pspnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
+                  "model_options": {"aux_loss": True}},
 }
 
 

@@ -43,7 +43,8 @@ def build_model(name, num_classes, in_channels=3, width=64, **options):
     stage scales with it (FCN's and DeconvNet's fc6/fc7 have 64 * width). The
     defaults of ``options`` give the papers' networks:
     fcn32s/fcn16s/fcn8s: pad100=True, fc_kernel=7, learn_upsampling=False;
-    deconvnet: fc_kernel=7; unet: padding="valid", batch_norm=False.
+    deconvnet: fc_kernel=7; unet: padding="valid", batch_norm=False;
+    deeplabv1_largefov: fc6_dilation=12; deeplabv2_vgg16: rates=(6, 12, 18, 24); segnet: none.
     The model's ``config`` holds all of these, so ``build_model(**model.config)`` rebuilds it.
     """
     cls = model_class(name)

@@ -20,16 +20,18 @@ def vgg16_names():
             for stage, (_, convs) in enumerate(VGG16_STAGES, start=1)]
 
 
-def add_vgg16_convs(net, in_channels, width, batch_norm=False, first_padding=1):
+def add_vgg16_convs(net, in_channels, width, batch_norm=False, first_padding=1, stage5_dilation=1):
     """Register the 13 convs (and BNs) on ``net``; returns the channel count of the last one.
 
-    ``first_padding`` is conv1_1's padding (100 in FCN's reference models).
+    ``first_padding`` is conv1_1's padding (100 in FCN's reference models);
+    ``stage5_dilation`` the dilation (and padding) of conv5_1 ... conv5_3 (2 in DeepLab).
     """
     channels = in_channels
-    for (mult, _), names in zip(VGG16_STAGES, vgg16_names()):
+    for stage, ((mult, _), names) in enumerate(zip(VGG16_STAGES, vgg16_names()), start=1):
+        dilation = stage5_dilation if stage == 5 else 1
         for name in names:
-            padding = first_padding if name == "1_1" else 1
-            setattr(net, f"conv{name}", nn.Conv2d(channels, width * mult, 3, padding=padding))
+            padding = first_padding if name == "1_1" else dilation
+            setattr(net, f"conv{name}", nn.Conv2d(channels, width * mult, 3, padding=padding, dilation=dilation))
             if batch_norm:
                 setattr(net, f"bn{name}", nn.BatchNorm2d(width * mult))
             channels = width * mult
