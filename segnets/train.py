@@ -198,10 +198,21 @@ def train_one_epoch(run, progress, stop):
 
 
 def compute_loss(model, images, masks, class_weights):
-    """Forward pass and the pixel-wise cross-entropy (255 ignored), masks cropped to the logits' size."""
-    logits = model(images)
+    """Forward pass and the pixel-wise cross-entropy (255 ignored), masks cropped to the logits' size.
+
+    A net with an auxiliary head (``has_aux``: DeepLab v3 and PSPNet with ``aux_loss=True``)
+    adds ``model.aux_weight`` times its head's cross-entropy, in training mode only.
+    """
+    if model.training and getattr(model, "has_aux", False):
+        logits, aux = model.forward_with_aux(images)
+    else:
+        logits, aux = model(images), None
     target = center_crop(masks, logits.shape[-2:])
-    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+    if aux is not None:
+        aux_loss = F.cross_entropy(aux, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+        loss = loss + model.aux_weight * aux_loss
+    return loss
 
 
 def finish_epoch(run, record):

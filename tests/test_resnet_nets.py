@@ -275,3 +275,21 @@ def test_matches_pytorch(name, options):
     model.eval()
     with torch.no_grad(), minigrad.no_grad():
         np.testing.assert_allclose(model(x_m).numpy(), twin(x_t).numpy(), rtol=1e-8, atol=1e-9)
+
+
+# ---------------------------------------------------------------- the training loss uses the aux head
+def test_training_loss_adds_the_weighted_aux_loss_in_training_mode_only():
+    from segnets.train import compute_loss
+    model = segnets.build_model("deeplabv3_resnet101", 3, width=1, aux_loss=True).to(np.float64)
+    _zero_dropout(model.modules())
+    rng = np.random.default_rng(5)
+    images = minigrad.Tensor(rng.standard_normal((2, 3, 17, 17)))
+    masks = minigrad.Tensor(rng.integers(0, 3, size=(2, 17, 17)))
+    model.eval()  # running statistics: the same function on every call
+    with minigrad.no_grad():
+        logits, aux = model.forward_with_aux(images)
+        main, extra = F.cross_entropy(logits, masks).item(), F.cross_entropy(aux, masks).item()
+        assert compute_loss(model, images, masks, None).item() == pytest.approx(main, rel=1e-12)
+        model.training = True  # only the flag compute_loss reads; the BNs stay in eval mode
+        assert compute_loss(model, images, masks, None).item() == pytest.approx(main + 0.5 * extra, rel=1e-12)
+    assert extra > 0
