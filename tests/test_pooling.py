@@ -155,6 +155,37 @@ def test_max_pool_gradient_by_hand_with_shared_switch():
     np.testing.assert_array_equal(xt.grad.numpy()[0, 0], expected)
 
 
+# stride >= kernel, yet the dilated windows (span (k - 1) * d + 1 > stride) share pixels that are their maxima
+SHARED_DILATED_MAXIMUM = [
+    # input, kwargs, upstream, expected input gradient (by hand: each window's upstream lands on its maximum)
+    ([[0, 1, 9, 2, 3]], dict(kernel_size=(1, 2), stride=(1, 2), dilation=(1, 2)), [[1, 10]], [[0, 0, 11, 0, 0]]),
+    ([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 99, 12, 13], [14, 15, 16, 17, 18], [19, 20, 21, 22, 23]],
+     dict(kernel_size=2, stride=2, dilation=2), [[1, 10], [100, 1000]],
+     [[0] * 5, [0] * 5, [0, 0, 1111, 0, 0], [0] * 5, [0] * 5]),
+    ([[5, 0, 9, 2, 3, 4]], dict(kernel_size=(1, 2), stride=(1, 3), dilation=(1, 3), padding=(0, 1)), [[1, 10]],
+     [[0, 0, 11, 0, 0, 0]]),
+]
+
+
+@pytest.mark.parametrize("x, kwargs, upstream, expected", SHARED_DILATED_MAXIMUM)
+def test_max_pool_gradient_by_hand_dilated_windows_share_a_maximum(x, kwargs, upstream, expected):
+    xt = T(np.array(x)[None, None], requires_grad=True)
+    out = F.max_pool2d(xt, **kwargs)
+    out.backward(np.array(upstream, dtype=np.float64)[None, None])
+    np.testing.assert_array_equal(xt.grad.numpy()[0, 0], expected)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("x, kwargs, upstream, expected", SHARED_DILATED_MAXIMUM)
+def test_max_pool_gradient_dilated_windows_share_a_maximum_like_pytorch(x, kwargs, upstream, expected):
+    torch = require_torch()
+    ours = T(np.array(x)[None, None], requires_grad=True)
+    theirs = torch.tensor(np.array(x, dtype=np.float64)[None, None], requires_grad=True)
+    F.max_pool2d(ours, **kwargs).backward(np.array(upstream, dtype=np.float64)[None, None])
+    torch.nn.functional.max_pool2d(theirs, **kwargs).backward(torch.tensor(upstream, dtype=torch.float64)[None, None])
+    np.testing.assert_array_equal(ours.grad.numpy(), theirs.grad.numpy())
+
+
 def test_max_unpool_places_values_and_zeros():
     values = T([[[[5.0, 8.0], [9.0, 4.0]]]])
     indices = mg.Tensor(np.array([[[[1, 6], [8, 15]]]]))
