@@ -18,11 +18,12 @@ import minigrad
 from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-from .data import DataError, DataLoader, build_dataset
+from .data import IGNORE_INDEX, DataError, DataLoader, build_dataset
+from .models.common import center_crop
 from .predict import NetInputTransform, input_geometry
 from .recipes import SettingsError, parse_options
+from .settings import POSITIVE_INT, check_writable_file
 
-IGNORE_INDEX = 255
 FIXED_SIZE_DATASETS = ("shapes", "idx-scenes")  # every image the same size: batches stack
 
 
@@ -46,6 +47,8 @@ def confusion_matrix(model, loader, num_classes, device, ignore_index=IGNORE_IND
             logits = model(to_tensor(images, device))
             target = center_crop(to_tensor(masks, device).data, logits.shape[-2:])
             matrix.update(logits.data.argmax(axis=1), target)
+    if getattr(loader, "num_replicas", 1) > 1:  # this rank's share of the split: add the others'
+        matrix.all_reduce()
     return matrix
 
 
@@ -54,18 +57,6 @@ def to_tensor(batch, device):
     if isinstance(batch, minigrad.Tensor):
         return batch if batch.device == backend.normalize_device(device) else batch.to(device)
     return minigrad.Tensor(batch, device=device)
-
-
-def center_crop(masks, size):
-    """Crop (..., H, W) masks to their centre (h, w): nets with unpadded convs (U-Net 'valid') give smaller logits."""
-    height, width = masks.shape[-2:]
-    h, w = size
-    if (h, w) == (height, width):
-        return masks
-    if h > height or w > width:
-        raise ValueError(f"center_crop: logits are {h}x{w}, larger than the {height}x{width} masks")
-    top, left = (height - h) // 2, (width - w) // 2
-    return masks[..., top:top + h, left:left + w]
 
 
 def metrics_dict(matrix):
@@ -91,7 +82,7 @@ def build_parser():
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="dataset option, repeatable [default: the checkpoint's options]")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate [default: val]")
-    p.add_argument("--batch-size", type=int, help="images per forward pass [default: 8 for shapes and "
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="images per forward pass [default: 8 for shapes and "
                    "idx-scenes, 1 for datasets whose images differ in size]")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
     p.add_argument("--output", help="JSON file to write [default: eval_<split>.json next to the checkpoint]")
@@ -106,6 +97,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        output = (Path(args.output) if args.output
+                  else Path(args.checkpoint).resolve().parent / f"eval_{args.split}.json")
+        check_writable_file(output, "--output")  # before the work, not after it
         checkpoint = load_checkpoint(args.checkpoint)
         meta = checkpoint["meta"]
         dataset = dataset_for(checkpoint, args)
@@ -118,7 +112,6 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(matrix.format_table(meta["classes"]))
-    output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / f"eval_{args.split}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "split": args.split,
               "epoch": meta.get("epoch"), "classes": meta["classes"], **metrics_dict(matrix)}
@@ -138,7 +131,10 @@ def dataset_for(checkpoint, args):
     options = dict(saved.get("data_options", {})) if same_dataset else {}
     options.update(parse_options(args.data_opt, "--data-opt"))
     data_dir = args.data_dir if args.data_dir is not None else (saved.get("data_dir") if same_dataset else None)
-    dataset = build_dataset(name, args.split, data_dir=data_dir, seed=saved.get("seed", 0), **options)
+    try:
+        dataset = build_dataset(name, args.split, data_dir=data_dir, seed=saved.get("seed", 0), **options)
+    except (TypeError, ValueError) as e:  # DataError is a ValueError; TypeError: an unknown --data-opt
+        raise SettingsError(f"--dataset {name} (--data-dir {data_dir}, --data-opt {options}): {e}") from e
     if list(dataset.classes) != list(meta["classes"]):
         raise SettingsError(f"the {name} data has classes {list(dataset.classes)}, but the checkpoint's net "
                             f"was trained on {meta['classes']}")

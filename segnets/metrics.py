@@ -35,6 +35,12 @@ class ConfusionMatrix:
         """The (num_classes, num_classes) counts as a NumPy int64 array (rows = target)."""
         return to_numpy(self._counts).copy()
 
+    def all_reduce(self):
+        """Sum the counts over the ranks of ``minigrad.distributed`` (each rank counted its own share of a split)."""
+        from minigrad import distributed
+        distributed.all_reduce(self._counts, "sum")
+        return self
+
     def update(self, pred, target):
         """Add a batch: ``pred`` and ``target`` are integer arrays of one shape (NumPy or CuPy).
 

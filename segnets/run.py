@@ -19,7 +19,6 @@ exists, so two runs started in the same second get ``...-<time>`` and
 exclusively.
 """
 import json
-import os
 import random
 import signal
 import sys
@@ -35,24 +34,27 @@ from minigrad import backend
 
 from .checkpoint import CheckpointError, load_model_state, read_meta, read_weights, save_checkpoint
 from .data.base import IGNORE_INDEX
+from .distributed import Cluster
 from .evaluate import eval_batch_size
 from .recipes import SettingsError
-from .settings import RESUME_OVERRIDABLE
+from .settings import RESUME_OVERRIDABLE, check_writable_folder
 from .visualize import prediction_grid, save_png
 
 
 class Run:
     """The objects of one training run, its checkpoints and the files it writes."""
 
-    def __init__(self, settings, checkpoint=None):
+    def __init__(self, settings, checkpoint=None, cluster=None):
         self.settings = settings
+        self.cluster = cluster if cluster is not None else Cluster()  # one process unless launched as several
         self.device = backend.normalize_device(settings["device"])
         self.out = None if settings["output_dir"] is None else Path(settings["output_dir"])
         if checkpoint is None:
             seed_everything(settings["seed"])  # before anything draws: init, dropout, data order
-            self.data = build_data(settings)
+            self.data = build_data(settings, cluster=self.cluster)
         else:  # the same normalisation as before, not recomputed
-            self.data = build_data(settings, mean=checkpoint["meta"]["mean"], std=checkpoint["meta"]["std"])
+            self.data = build_data(settings, mean=checkpoint["meta"]["mean"], std=checkpoint["meta"]["std"],
+                                   cluster=self.cluster)
         self.num_classes = len(self.data.classes)
         self.model = build_net(settings, self.num_classes)
         if checkpoint is None and settings.get("init_weights"):
@@ -215,8 +217,10 @@ class Data:
     class_weights: object  # np.ndarray or None
 
 
-def build_data(settings, mean=None, std=None):
-    """Datasets, normalisation, transforms and loaders; mean/std from the training images unless given."""
+def build_data(settings, mean=None, std=None, cluster=None):
+    """Datasets, normalisation, transforms and loaders; mean/std from the training images unless given.
+
+    With a ``cluster`` of several processes the loaders give this rank's share (segnets/distributed.py)."""
     from .data import DataLoader, build_dataset
     from .data.transforms import TrainTransform, compute_mean_std
     from .predict import NetInputTransform, input_geometry
@@ -230,6 +234,12 @@ def build_data(settings, mean=None, std=None):
             val_set.validate()
     except (TypeError, ValueError) as e:  # DataError is a ValueError; TypeError: an unknown --data-opt
         raise SettingsError(f"--dataset {name} (data dir {settings['data_dir']}, options {options}): {e}") from e
+    shared = sorted(set(_item_names(train_set)) & set(_item_names(val_set)))
+    if shared:
+        raise SettingsError(f"--dataset {name} (data dir {settings['data_dir']}): {len(shared)} of the "
+                            f"{len(val_set)} val images are in the training split too ({', '.join(shared[:5])}"
+                            f"{', ...' if len(shared) > 5 else ''}); the val metrics would be measured on "
+                            "trained-on images: make train.txt and val.txt disjoint")
     if len(train_set) < settings["batch_size"]:
         raise SettingsError(f"--batch-size {settings['batch_size']} is larger than the training set "
                             f"({len(train_set)} images); the last partial batch is dropped, so no step would run")
@@ -245,13 +255,20 @@ def build_data(settings, mean=None, std=None):
                             f"{geometry.step} pixels; the nearest is {geometry.valid_size(settings['crop_size'])}")
     val_transform = NetInputTransform(mean, std, geometry)  # padded to a size the net takes
     train_loader = DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True, drop_last=True,
-                              transform=train_transform, seed=settings["seed"], prefetch=settings["prefetch"])
+                              transform=train_transform, seed=settings["seed"], prefetch=settings["prefetch"],
+                              **(cluster.loader_options() if cluster else {}))
     val_loader = DataLoader(val_set, batch_size=eval_batch_size(name, settings["batch_size"]),
-                            transform=val_transform, seed=settings["seed"])
+                            transform=val_transform, seed=settings["seed"],
+                            **(cluster.loader_options(evaluation=True) if cluster else {}))
     weights = None
     if settings["class_weights"] == "median-freq":
         weights = median_frequency_weights(train_set, train_set.num_classes)
     return Data(train_set, val_set, train_loader, val_loader, list(train_set.classes), mean, std, weights)
+
+
+def _item_names(dataset):
+    """The file stems of a file dataset's items (folder: stems, VOC: ids); none for generated data."""
+    return list(getattr(dataset, "stems", None) or getattr(dataset, "ids", None) or [])
 
 
 def median_frequency_weights(dataset, num_classes, ignore_index=IGNORE_INDEX):
@@ -470,12 +487,8 @@ def check_output_dir(settings, checkpoint=None, overwrite=False, eval_only=False
         return OutputPlan([])  # a new folder, made when the run starts
     out = Path(settings["output_dir"])
     flag = f"the output folder {out}"
-    existing = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise SettingsError(f"{flag}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"{flag}: {existing} is not writable")
-    files = run_files(out) if existing == out else []
+    check_writable_folder(out, "--output-dir")
+    files = run_files(out) if out.is_dir() else []
     if not files:
         return OutputPlan([])
     if checkpoint is not None and same_run(read_config(out), settings):

@@ -14,6 +14,7 @@ is not a setting of the run (saved in config.json and checkpoints) goes into
 """
 import argparse
 import math
+import os
 import uuid
 from pathlib import Path
 
@@ -29,7 +30,7 @@ DATASETS = ("shapes", "voc", "folder", "idx-scenes")
 # Settings a resumed run may change; every other setting comes from the checkpoint.
 RESUME_OVERRIDABLE = ("device", "output_dir", "data_dir", "epochs")
 # Flags that steer this invocation only: never stored in the settings.
-NOT_SETTINGS = ("resume", "eval_only", "overwrite", "model_opt", "data_opt")
+NOT_SETTINGS = ("resume", "eval_only", "overwrite", "model_opt", "data_opt", "distributed")
 
 
 class Number:
@@ -64,6 +65,34 @@ class Number:
         return value
 
 
+def device_flag(text):
+    """--device: cpu, gpu, or gpu:K (cuda works for gpu)."""
+    name, _, index = text.lower().partition(":")
+    if name not in ("cpu", "gpu", "cuda") or (index and (name == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, gpu or gpu:K (K a GPU index), got {text!r}")
+    return "cpu" if name == "cpu" else "gpu" + (f":{int(index)}" if index else "")
+
+
+def check_writable_folder(path, flag):
+    """SettingsError (naming ``flag``) unless ``path`` is a folder, or can be made one, that can be written."""
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise SettingsError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_writable_file(path, flag):
+    """SettingsError (naming ``flag``) unless ``path`` can be written as a file (not a folder, in a writable one)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SettingsError(f"{flag} {path}: is a folder; expected the name of a file to write")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SettingsError(f"{flag} {path}: the file is not writable")
+    check_writable_folder(path.parent, flag)
+
+
 POSITIVE_INT = Number(int, minimum=1)
 NON_NEGATIVE = Number(float, minimum=0.0)
 SEED = Number(int, minimum=0, maximum=2**32 - 1)  # NumPy's legacy seed range
@@ -79,7 +108,12 @@ def build_parser():
         epilog="default recipes (segnets/recipes.py):\n" + recipes.describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", choices=NETS, help="network to train (required unless --resume)")
-    p.add_argument("--device", choices=("cpu", "gpu"), help="where to run: cpu (NumPy) or gpu (CuPy) [default: cpu]")
+    p.add_argument("--device", type=device_flag, help="where to run: cpu (NumPy), gpu (CuPy; under mpiexec each "
+                   "process takes GPU <its rank on the machine> %% <GPUs>) or gpu:K (GPU K) [default: cpu]")
+    p.add_argument("--distributed", choices=("auto", "none", "mpi", "nccl"), default="auto",
+                   help="data parallelism over the processes of an MPI launch (mpiexec -n N python -m "
+                        "segnets.train ...; --batch-size is per process): auto = on when launched with more "
+                        "than one process (MPI on the CPU, NCCL on GPUs) [default: auto]")
     p.add_argument("--dataset", choices=DATASETS, help="training data [default: shapes]")
     p.add_argument("--data-dir", help="directory of the dataset (voc, folder, idx-scenes; shapes needs none)")
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", default=None,

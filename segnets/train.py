@@ -60,7 +60,9 @@ from tqdm import tqdm
 import minigrad.functional as F
 
 from .checkpoint import CheckpointError, load_model_state
-from .evaluate import center_crop, confusion_matrix, evaluate, metrics_dict, to_tensor
+from .distributed import Cluster
+from .evaluate import confusion_matrix, evaluate, metrics_dict, to_tensor
+from .models.common import center_crop
 from .recipes import SettingsError
 from .run import (IGNORE_INDEX, EpochProgress, Run, StopRequest, build_data, build_net, check_output_dir,
                   claim_output_dir, current_lr, load_initial_weights, seed_everything)
@@ -84,37 +86,50 @@ class NonFiniteLoss(RuntimeError):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        check_device(args.device or "cpu")
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        cluster = Cluster.from_launch(args.distributed)  # one process, or this rank of an mpiexec launch
+    except SettingsError as e:
+        if Cluster.launcher_rank() == 0:  # no MPI to stop the others: every rank exits, one says why
+            print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        check_device(args.device or "cpu")
+    except RuntimeError as e:
+        return cluster.fail(e, 2)
+    try:
         settings, checkpoint = resolve_settings(args)
+        cluster.start(settings, checkpoint)
         if args.eval_only:
+            if cluster.world_size > 1:
+                raise SettingsError("--eval-only runs in one process: launch it without mpiexec -n N")
             evaluate_only(settings, checkpoint, overwrite=args.overwrite)
         else:
-            train(settings, checkpoint, overwrite=args.overwrite)
+            train(settings, checkpoint, overwrite=args.overwrite, cluster=cluster)
     except (SettingsError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cluster.fail(e, 2)  # with several ranks: printed once, every rank stopped
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cluster.fail(e, 1)
     except KeyboardInterrupt:
-        return 130  # train() has already said what was saved
+        return cluster.abort(130)  # train() has already said what was saved
+    cluster.finish()
     return 0
 
 
-def train(settings, checkpoint=None, overwrite=False):
+def train(settings, checkpoint=None, overwrite=False, cluster=None):
     """Train (or continue training) as ``settings`` say; returns the records of the epochs run.
 
     ``overwrite``: the output folder may hold another run's files, which are deleted.
+    ``cluster``: the processes of a data-parallel run (segnets/distributed.py); rank 0 writes the files.
     """
-    plan = check_output_dir(settings, checkpoint, overwrite)  # before any work: a refused folder costs nothing
-    run = Run(settings, checkpoint)
-    run.open_output_dir(plan, checkpoint)
+    cluster = cluster if cluster is not None else Cluster()
+    # before any work: a refused folder costs nothing
+    plan = check_output_dir(settings, checkpoint, overwrite) if cluster.is_main else None
+    run = Run(settings, checkpoint, cluster)
+    cluster.wrap(run)
+    if cluster.is_main:
+        run.open_output_dir(plan, checkpoint)
+    cluster.share_output_dir(run)
     if checkpoint is None:
-        run.save("checkpoint_last.npz")  # epoch 0: an interrupt during the first epoch can resume too
+        save(run, "checkpoint_last.npz")  # epoch 0: an interrupt during the first epoch can resume too
     else:
         where = (f"epoch {run.progress.epoch}, iteration {run.progress.iterations}" if run.progress
                  else f"the end of epoch {run.epoch}")
@@ -126,14 +141,14 @@ def train(settings, checkpoint=None, overwrite=False):
                 finished = False
                 record = run_epoch(run, epoch, stop)
                 if record is None:  # first Ctrl-C: the state is at a step boundary, save it
-                    run.save("checkpoint_last.npz")
+                    save(run, "checkpoint_last.npz")
                     raise KeyboardInterrupt
                 finished = True     # a clean epoch boundary until the checkpoints are on disk
                 finish_epoch(run, record)
                 finished = False
                 history.append(record)
         except KeyboardInterrupt:
-            if finished:  # the interrupt hit the end-of-epoch saving: save that epoch again
+            if finished and cluster.is_main:  # the interrupt hit the end-of-epoch saving: save that epoch again
                 run.save("checkpoint_last.npz")
             where = (f"epoch {run.progress.epoch}, iteration {run.progress.iterations}" if run.progress
                      else f"the end of epoch {run.epoch}")
@@ -141,6 +156,13 @@ def train(settings, checkpoint=None, overwrite=False):
                   f"  python -m segnets.train --resume {run.out / 'checkpoint_last.npz'}", file=sys.stderr, flush=True)
             raise
     return history
+
+
+def save(run, name):
+    """Checkpoint ``name``, written (atomically) by rank 0 alone; every rank waits until it is on disk."""
+    if run.cluster.is_main:
+        run.save(name)
+    run.cluster.barrier()
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -152,7 +174,7 @@ def run_epoch(run, epoch, stop):
     if not train_one_epoch(run, run.progress, stop):
         return None
     train_seconds = time.perf_counter() - start
-    images = (run.progress.iterations - first_iteration) * run.data.train_loader.batch_size
+    images = (run.progress.iterations - first_iteration) * run.data.train_loader.batch_size * run.cluster.world_size
     if run.scheduler is not None and not run.per_iteration:
         run.scheduler.step()
     metrics = evaluate(run.model, run.data.val_loader, run.num_classes, run.device)
@@ -164,19 +186,21 @@ def run_epoch(run, epoch, stop):
 
 def train_one_epoch(run, progress, stop):
     """Train over the rest of the epoch (all of it unless resuming mid-epoch); False if stopped by Ctrl-C."""
-    loader, epochs = run.data.train_loader, run.settings["epochs"]
+    loader, epochs, cluster = run.data.train_loader, run.settings["epochs"], run.cluster
     run.model.train()
-    bar = tqdm(total=len(loader) * loader.batch_size, initial=progress.iterations * loader.batch_size,
+    global_batch = loader.batch_size * cluster.world_size  # the bar counts the images of all ranks
+    bar = tqdm(total=len(loader) * global_batch, initial=progress.iterations * global_batch,
                desc=f"epoch {progress.epoch}/{epochs}", unit="img", leave=False, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)  # logs: few updates
-    if stop.requested:  # Ctrl-C came during the last evaluation or saving
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30,  # logs: few updates
+               disable=not cluster.is_main)
+    if cluster.any(stop.requested):  # Ctrl-C came during the last evaluation or saving
         bar.close()
         return False
     try:
         for images, masks in loader:  # the loader counts a batch as done once handed out: stop only after a step
             images, masks = to_tensor(images, run.device), to_tensor(masks, run.device)
-            loss = compute_loss(run.model, images, masks, run.class_weights)
-            value = loss.item()
+            loss = compute_loss(run.model, images, masks, run.class_weights, cluster)
+            value = cluster.mean(loss.item())  # the global batch's loss (ranks' batches are equal)
             if not math.isfinite(value):
                 unlabelled = bool((masks.data == IGNORE_INDEX).all())
                 raise NonFiniteLoss(progress.epoch, progress.iterations + 1, value, saved_epoch=run.epoch,
@@ -188,16 +212,16 @@ def train_one_epoch(run, progress, stop):
                 run.scheduler.step()
             progress.iterations += 1
             progress.loss_sum += value
-            bar.update(images.shape[0])
+            bar.update(images.shape[0] * cluster.world_size)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{current_lr(run.optimizer):.2e}")
-            if stop.requested:
+            if cluster.any(stop.requested):  # every rank stops after the same step
                 return False
     finally:
         bar.close()
     return True
 
 
-def compute_loss(model, images, masks, class_weights):
+def compute_loss(model, images, masks, class_weights, cluster=None):
     """Forward pass and the pixel-wise cross-entropy (255 ignored), masks cropped to the logits' size.
 
     A net with an auxiliary head (``has_aux``: DeepLab v3 and PSPNet with ``aux_loss=True``)
@@ -208,11 +232,28 @@ def compute_loss(model, images, masks, class_weights):
     else:
         logits, aux = model(images), None
     target = center_crop(masks, logits.shape[-2:])
-    loss = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+    loss = pixel_loss(logits, target, class_weights, cluster)
     if aux is not None:
-        aux_loss = F.cross_entropy(aux, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+        aux_loss = pixel_loss(aux, target, class_weights, cluster)
         loss = loss + model.aux_weight * aux_loss
     return loss
+
+
+def pixel_loss(logits, target, class_weights, cluster=None):
+    """The cross-entropy averaged over the labelled pixels (255 ignored), weighted by class if asked.
+
+    Data-parallel (a ``cluster`` of several ranks): averaged over the labelled pixels of the
+    *global* batch (this rank's sum x world size / the weight of every rank's labelled pixels,
+    all-reduced), so the gradients DDP averages are exactly one process's, even when the ranks'
+    crops hold different numbers of ignored pixels.
+    """
+    if cluster is None or not cluster.enabled:
+        return F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX)
+    labels = target.data[target.data != IGNORE_INDEX]
+    weight = float(labels.size if class_weights is None else class_weights.data[labels].sum())
+    total = cluster.mean(weight) * cluster.world_size
+    summed = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX, reduction="sum")
+    return summed * (cluster.world_size / total if total else float("nan"))
 
 
 def finish_epoch(run, record):
@@ -221,11 +262,12 @@ def finish_epoch(run, record):
     is_best = miou is not None and (run.best_miou is None or miou > run.best_miou)
     if is_best:
         run.best_miou = miou
-    run.log_epoch(record)
-    run.save_preview(record["epoch"])
+    if run.cluster.is_main:  # the other ranks of a data-parallel run write nothing
+        run.log_epoch(record)
+        run.save_preview(record["epoch"])
     if is_best:
-        run.save("checkpoint_best.npz")
-    run.save("checkpoint_last.npz")
+        save(run, "checkpoint_best.npz")
+    save(run, "checkpoint_last.npz")
     print(epoch_summary(record, run.settings["epochs"], run.best_miou), flush=True)
 
 

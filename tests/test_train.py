@@ -61,9 +61,9 @@ def interrupt_at(monkeypatch, epoch, iteration, action):
     calls = {"n": 0}
     steps_per_epoch = 2  # 8 images, batch 4
 
-    def patched(model, images, masks, weights):
+    def patched(model, images, masks, weights, *cluster):
         calls["n"] += 1
-        loss = real(model, images, masks, weights)
+        loss = real(model, images, masks, weights, *cluster)
         if calls["n"] == (epoch - 1) * steps_per_epoch + iteration:
             return action(loss)
         return loss

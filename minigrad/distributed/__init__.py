@@ -41,7 +41,7 @@ from ..tensor import Tensor
 
 __all__ = ["ReduceOp", "init_process_group", "is_available", "is_initialized", "get_backend", "get_rank",
            "get_world_size", "get_local_rank", "all_reduce", "broadcast", "all_gather", "barrier",
-           "destroy_process_group", "abort", "launched_world_size"]
+           "destroy_process_group", "abort", "launched_world_size", "broadcast_object_list", "install_excepthook"]
 
 _group = None  # the default process group
 
@@ -254,7 +254,7 @@ def init_process_group(backend="mpi", *, device=None, abort_on_exception=True):
     else:
         _group = _NCCLGroup(comm, device)
     if abort_on_exception:
-        _install_excepthook()
+        install_excepthook()
 
 
 def is_initialized():
@@ -335,6 +335,14 @@ def all_gather(tensor_list, tensor):
         target[...] = gathered[i]
 
 
+def broadcast_object_list(object_list, src=0):
+    """Replace every entry of ``object_list`` by rank ``src``'s, in place (pickled: for small objects,
+    a path or an id; arrays go through ``broadcast``)."""
+    group = _default_group()
+    mpi_comm = group.mpi.comm if isinstance(group, _NCCLGroup) else group.comm
+    object_list[:] = mpi_comm.bcast(list(object_list), root=src)
+
+
 def barrier():
     """Return once every rank has called it (with NCCL, after this GPU's queued work is done)."""
     _default_group().barrier()
@@ -355,20 +363,23 @@ def abort(code=1):
     _mpi().COMM_WORLD.Abort(code)
 
 
-def _install_excepthook():
+def install_excepthook():
+    """An unhandled exception or Ctrl-C on any rank: print it (to the real stderr), naming the rank, and
+    abort every process of the job, so none is left waiting in a collective. ``init_process_group`` calls it."""
     previous = sys.excepthook
     if getattr(previous, "_minigrad_aborts", False):
         return
 
     def hook(kind, value, tb):
-        if _group is None or _group.size == 1:
+        comm = _mpi().COMM_WORLD
+        rank, size = comm.Get_rank(), comm.Get_size()
+        if size == 1:
             return previous(kind, value, tb)
         if issubclass(kind, KeyboardInterrupt):
-            print(f"rank {_group.rank}: interrupted; stopping every rank", file=sys.stderr)
+            print(f"rank {rank}: interrupted; stopping every rank", file=sys.__stderr__)
         else:
             text = "".join(traceback.format_exception(kind, value, tb))
-            print(f"error on rank {_group.rank} of {_group.size}; stopping every rank\n{text}",
-                  end="", file=sys.stderr)
+            print(f"error on rank {rank} of {size}; stopping every rank\n{text}", end="", file=sys.__stderr__)
         abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     hook._minigrad_aborts = True
