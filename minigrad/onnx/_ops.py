@@ -130,13 +130,23 @@ def _conv2d(g, a, out):
 
 @converter("conv_transpose2d")
 def _conv_transpose2d(g, a, out):
-    x, w = a["input"], a["weight"]
+    x, w, bias = a["input"], a["weight"], a["bias"]
     _need_4d("conv_transpose2d", x)
-    p = _pair(a["padding"])
-    inputs = [g.value(x), g.value(w)] + ([g.value(a["bias"])] if a["bias"] is not None else [])
-    return g.node("ConvTranspose", inputs, kernel_shape=list(w.shape[2:]), strides=list(_pair(a["stride"])),
-                  pads=[p[0], p[1], p[0], p[1]], output_padding=list(_pair(a["output_padding"])),
-                  dilations=list(_pair(a["dilation"])), group=int(a["groups"]))
+    p, extra = _pair(a["padding"]), _pair(a["output_padding"])
+    # ONNX Runtime takes output_padding only below the stride (PyTorch: below stride or dilation). The same
+    # output: crop `extra` fewer rows at the end (pads_end = p - extra), and where that would be negative,
+    # pad zeros (those rows get no input, only the bias) and add the bias afterwards.
+    ends = [max(pi - e, 0) for pi, e in zip(p, extra)]
+    grow = [max(e - pi, 0) for pi, e in zip(p, extra)]
+    fused_bias = bias is not None and not any(grow)
+    inputs = [g.value(x), g.value(w)] + ([g.value(bias)] if fused_bias else [])
+    y = g.node("ConvTranspose", inputs, kernel_shape=list(w.shape[2:]), strides=list(_pair(a["stride"])),
+               pads=[p[0], p[1]] + ends, dilations=list(_pair(a["dilation"])), group=int(a["groups"]))
+    if any(grow):
+        y = g.node("Pad", [y, g.ints([0, 0, 0, 0, 0, 0] + grow, "pads")], mode="constant")
+        if bias is not None:
+            y = g.node("Add", [y, g.node("Reshape", [g.value(bias), g.ints([-1, 1, 1], "shape")])])
+    return y
 
 
 # ---------------------------------------------------------------------- pooling
