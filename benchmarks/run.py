@@ -35,7 +35,9 @@ def parse_args(argv=None):
                    help="threads for NumPy's OpenBLAS and PyTorch alike (default: what OpenBLAS already has; "
                         "1 gives steadier numbers on a shared machine)")
     p.add_argument("--only", nargs="+", help="ops: only cases whose op/case/layer contains one of these words")
-    p.add_argument("--nets", nargs="+", help="models: a subset of fcn32s fcn16s fcn8s deconvnet unet")
+    p.add_argument("--nets", nargs="+", help="models: a subset of fcn32s fcn16s fcn8s deconvnet unet "
+                   "(default), or the ResNet nets: deeplabv2_resnet101 deeplabv3_resnet101 "
+                   "deeplabv3plus_resnet101 pspnet50 pspnet101")
     p.add_argument("--sizes", nargs="+", help="models: sizes to run (default: small on cpu, small full on gpu)")
     p.add_argument("--no-memory", action="store_true", help="models: skip the peak-memory measurements")
     p.add_argument("--update-readme", action="store_true",
