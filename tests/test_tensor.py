@@ -230,6 +230,38 @@ def test_gradcheck_catches_a_wrong_backward(rng):
         gradcheck(lambda x: x, [mg.Tensor([1.0], requires_grad=True)])
 
 
+def test_gradcheck_tolerances_are_pytorchs_and_bind():
+    """Every gradcheck in the suite runs with these defaults: a backward 1% or 0.3% off must fail,
+    one 0.02% off must pass (rtol 1e-3); where the true gradient is 0, an error of 1e-4 must fail
+    and one of 1e-6 pass (atol 1e-5). Tolerances loosened (or tightened) 10x change an outcome."""
+    import inspect
+
+    from minigrad.tensor import _result
+    defaults = {k: p.default for k, p in inspect.signature(gradcheck).parameters.items()}
+    assert (defaults["eps"], defaults["atol"], defaults["rtol"]) == (1e-6, 1e-5, 1e-3)  # torch.autograd.gradcheck's
+    x = mg.Tensor(np.linspace(0.5, 2.0, 7), requires_grad=True)
+
+    def square_with_backward_off_by(factor):
+        return lambda t: _result(t.data ** 2, (t,), lambda g: (g * 2 * t.data * factor,))
+
+    def zero_with_backward_off_by(error):
+        return lambda t: _result(t.data * 0, (t,), lambda g: (g * 0 + error,))
+
+    assert gradcheck(square_with_backward_off_by(1.0), [x])
+    assert gradcheck(square_with_backward_off_by(1 + 2e-4), [x])
+    assert gradcheck(zero_with_backward_off_by(1e-6), [x])
+    for wrong in (square_with_backward_off_by(1.01), square_with_backward_off_by(1.003),
+                  square_with_backward_off_by(0.997), zero_with_backward_off_by(1e-4)):
+        with pytest.raises(GradcheckError, match="atol=1e-05, rtol=0.001"):
+            gradcheck(wrong, [x])
+        assert gradcheck(wrong, [x], raise_exception=False) is False
+    x.data[...] = np.linspace(-1, 1, 7)   # eps: a kink 2e-6 away from x is inside the central difference
+    x.data[3] = 2e-6
+    assert gradcheck(lambda t: F.relu(t), [x])
+    x.data[3] = 5e-7
+    assert not gradcheck(lambda t: F.relu(t), [x], raise_exception=False)
+
+
 # ---------------------------------------------------------------- parity with PyTorch
 @pytest.mark.torch
 def test_core_ops_match_torch(rng):
