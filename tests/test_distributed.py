@@ -245,3 +245,78 @@ def test_distributed_without_init_says_what_to_call():
         dist.get_rank()
     with pytest.raises(ValueError, match="backend"):
         dist.init_process_group("gloo")
+
+
+# ---------------------------------------------------------------------------- the training command
+TINY = ["--net", "unet", "--width", "4", "--crop-size", "32", "--optimizer", "sgd", "--lr", "0.05",
+        "--lr-schedule", "constant", "--model-opt", "batch_norm=false", "--data-opt", "image_size=32",
+        "--data-opt", "num_train=8", "--data-opt", "num_val=5", "--device", "cpu"]
+
+
+def read_metrics(folder):
+    import json
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_metrics(got, expected):
+    """float32 training: the gradient averaged over 2 ranks rounds differently from the 2x batch's (1e-7)."""
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in expected]
+    for a, b in zip(got, expected):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        for key in ("pixel_acc", "mean_acc", "miou"):
+            assert a["val"][key] == pytest.approx(b["val"][key], abs=1e-4)
+
+
+def train_cli(args, processes, timeout=180):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = ([] if processes == 1 else mpiexec_command()) + [sys.executable, "-m", "segnets.train"] + args
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_train_cli_on_two_processes_equals_one_with_twice_the_batch_and_resumes_on_one_or_two(tmp_path):
+    needs_mpi()
+    runs = {name: tmp_path / name for name in ("one", "two", "three", "resumed2", "resumed1")}
+    for name, epochs, batch, processes in (("one", 3, 4, 1), ("two", 2, 2, 2), ("three", 3, 2, 2)):
+        result = train_cli(TINY + ["--epochs", str(epochs), "--batch-size", str(batch), "--output-dir",
+                                   str(runs[name])], processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+    two = runs["two"]
+    # every output once: one summary line per epoch (rank 1 prints nothing), one log line per epoch
+    assert result.stdout.count("epoch 1/3 ") == 1 and result.stdout.count("epoch 3/3 ") == 1
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoint_best.npz", "checkpoint_last.npz", "config.json",
+                                                     "metrics.jsonl", "predictions"]
+    assert sorted(p.name for p in (two / "predictions").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    import json
+    config = json.loads((two / "config.json").read_text())
+    assert (config["world_size"], config["global_batch_size"], config["batch_size"]) == (2, 4, 2)
+    assert_same_metrics(read_metrics(runs["three"]), read_metrics(runs["one"]))
+    assert read_metrics(two)[1]["val"] == read_metrics(runs["three"])[1]["val"]  # same seed, same world: same run
+
+    # on 2 processes again: bit for bit the uninterrupted 2-process run
+    result = train_cli(["--resume", str(two / "checkpoint_last.npz"), "--epochs", "3", "--output-dir",
+                        str(runs["resumed2"])], 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-sharded" not in result.stdout
+    for got, expected in zip(read_metrics(runs["resumed2"]), read_metrics(runs["three"])):
+        assert (got["train_loss"], got["val"]) == (expected["train_loss"], expected["val"])
+
+    # on 1 process: the weights and optimizer carry on, the data is re-sharded (global batch 2), and it says so
+    single = runs["resumed1"]
+    result = train_cli(["--resume", str(two / "checkpoint_last.npz"), "--epochs", "3", "--output-dir",
+                        str(single)], 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming a run of 2 process(es) on 1" in result.stdout and "re-sharded" in result.stdout
+    assert [r["epoch"] for r in read_metrics(single)] == [1, 2, 3]
+    assert json.loads((single / "config.json").read_text())["world_size"] == 1
+
+
+def test_train_cli_without_mpi4py_says_what_to_install(tmp_path):
+    fake = tmp_path / "fake" / "mpi4py"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no MPI here')\n")
+    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{ROOT}", PMI_SIZE="2", PMI_RANK="0")
+    result = subprocess.run([sys.executable, "-m", "segnets.train"] + TINY + ["--output-dir", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert result.returncode == 2
+    assert "error: this launch of 2 processes needs mpi4py" in result.stderr
+    assert 'pip install -e ".[mpi]"' in result.stderr and "Traceback" not in result.stderr
