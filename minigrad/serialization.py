@@ -14,7 +14,7 @@ raises TypeError naming where it sits), a Tensor comes back as a plain Tensor
 """
 import json
 import os
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -23,8 +23,6 @@ from .tensor import Tensor
 
 STRUCTURE_ENTRY = "__structure__"  # the npz entry that marks a file written by save
 _FORMAT = "minigrad-npz-1"
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp creates 0600 files, the result should get the usual mode
 
 
 def save(obj, path):
@@ -111,15 +109,26 @@ def _decode(node, entries, device):
 
 # ---------------------------------------------------------------- atomic write
 def _write_atomically(path, arrays):
-    """Write to a temp file in the same directory, fsync it, then rename over ``path``."""
+    """Write to a temp file in the same directory, fsync it, then rename over ``path``.
+
+    The temp file is created with mode 0666 like ``open(path, "w")``, so the result gets the
+    permission bits the process's umask (read when the file is made) gives any new file;
+    ``tempfile.mkstemp`` would leave 0600.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    prefix = os.path.join(directory, ".tmp-" + os.path.basename(path) + "-")
+    while True:
+        tmp = prefix + secrets.token_hex(4)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -60,6 +60,22 @@ def test_written_exactly_at_path_without_temp_leftovers(tmp_path):
     assert minigrad.load(str(path)) == {"x": 1}
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_with_the_mode_of_any_new_file(tmp_path, umask):
+    """0666 minus the umask at write time, like open(): not the 0600 of a mkstemp temp file."""
+    from segnets.checkpoint import save_checkpoint
+    previous = os.umask(umask)
+    try:
+        minigrad.save({"x": 1}, tmp_path / "state.npz")
+        save_checkpoint(tmp_path / "checkpoint.npz", {"epoch": 1}, {"w": np.ones(2)})
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    for name in ("state.npz", "checkpoint.npz", "plain"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_module_state_dict_round_trip(tmp_path):
     minigrad.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm2d(4))
