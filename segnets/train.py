@@ -83,6 +83,10 @@ class NonFiniteLoss(RuntimeError):
         self.epoch, self.iteration, self.value = epoch, iteration, value
 
 
+class StoppedAtStep(KeyboardInterrupt):
+    """The first Ctrl-C / SIGTERM: every rank stopped after the same step and checkpoint_last.npz is saved."""
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -108,8 +112,9 @@ def main(argv=None):
         return cluster.fail(e, 2)  # with several ranks: printed once, every rank stopped
     except NonFiniteLoss as e:
         return cluster.fail(e, 1)
-    except KeyboardInterrupt:
-        return cluster.abort(130)  # train() has already said what was saved
+    except KeyboardInterrupt as e:  # train() has already said what was saved
+        # a stop all ranks agreed on (after saving) ends normally; any other interrupt stops every rank at once
+        return 130 if isinstance(e, StoppedAtStep) else cluster.abort(130)
     cluster.finish()
     return 0
 
@@ -142,7 +147,7 @@ def train(settings, checkpoint=None, overwrite=False, cluster=None):
                 record = run_epoch(run, epoch, stop)
                 if record is None:  # first Ctrl-C: the state is at a step boundary, save it
                     save(run, "checkpoint_last.npz")
-                    raise KeyboardInterrupt
+                    raise StoppedAtStep
                 finished = True     # a clean epoch boundary until the checkpoints are on disk
                 finish_epoch(run, record)
                 finished = False
@@ -264,7 +269,7 @@ def finish_epoch(run, record):
         run.best_miou = miou
     if run.cluster.is_main:  # the other ranks of a data-parallel run write nothing
         run.log_epoch(record)
-        run.save_preview(record["epoch"])
+        run.log_tensorboard(record, run.save_preview(record["epoch"]))
     if is_best:
         save(run, "checkpoint_best.npz")
     save(run, "checkpoint_last.npz")
