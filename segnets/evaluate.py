@@ -86,6 +86,9 @@ def build_parser():
                    "idx-scenes, 1 for datasets whose images differ in size]")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
     p.add_argument("--output", help="JSON file to write [default: eval_<split>.json next to the checkpoint]")
+    p.add_argument("--confusion-png", metavar="FILE",
+                   help="also draw the confusion matrix (rows: true class, columns: predicted, shaded by the "
+                        "row's share) with the class names on both axes into this PNG")
     return p
 
 
@@ -100,6 +103,8 @@ def main(argv=None):
         output = (Path(args.output) if args.output
                   else Path(args.checkpoint).resolve().parent / f"eval_{args.split}.json")
         check_writable_file(output, "--output")  # before the work, not after it
+        if args.confusion_png:
+            check_writable_file(Path(args.confusion_png), "--confusion-png")
         checkpoint = load_checkpoint(args.checkpoint)
         meta = checkpoint["meta"]
         dataset = dataset_for(checkpoint, args)
@@ -117,6 +122,11 @@ def main(argv=None):
               "epoch": meta.get("epoch"), "classes": meta["classes"], **metrics_dict(matrix)}
     output.write_text(json.dumps(record, indent=2))
     print(f"wrote {output}")
+    if args.confusion_png:
+        from .plots import draw_confusion
+        from .visualize import save_png
+        save_png(draw_confusion(matrix.matrix, meta["classes"]), args.confusion_png)
+        print(f"wrote {args.confusion_png}")
     return 0
 
 

@@ -38,6 +38,7 @@ from .distributed import Cluster
 from .evaluate import eval_batch_size
 from .recipes import SettingsError
 from .settings import RESUME_OVERRIDABLE, check_writable_folder
+from .plots import write_curves
 from .visualize import prediction_grid, save_png
 
 
@@ -144,8 +145,19 @@ class Run:
         path.write_text("".join(line + "\n" for line in kept))
 
     def log_epoch(self, record):
+        """Append the epoch to metrics.jsonl and redraw curves.png from the whole file."""
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        write_curves(self.out)
+
+    def log_tensorboard(self, record, grid=None):
+        """With --tensorboard: the epoch's scalars and prediction grid as TensorBoard events in the run folder."""
+        if not self.settings.get("tensorboard"):
+            return
+        if getattr(self, "tensorboard", None) is None:
+            from .tensorboard_log import TensorBoardLog
+            self.tensorboard = TensorBoardLog(self.out, self.data.classes)
+        self.tensorboard.log_epoch(record, grid)
 
     def save_preview(self, epoch):
         """predictions/epoch_NNN.png: rows of image | ground truth | prediction for the first val images."""
@@ -157,7 +169,9 @@ class Run:
             for row, picture in zip(rows, (image, mask, prediction)):
                 row.append(picture)
         scale = max(1, 128 // max(rows[0][0].shape[:2]))  # enlarge small images to ~128 px
-        save_png(prediction_grid(*rows, scale=scale), self.out / "predictions" / f"epoch_{epoch:03d}.png")
+        grid = prediction_grid(*rows, scale=scale)
+        save_png(grid, self.out / "predictions" / f"epoch_{epoch:03d}.png")
+        return grid
 
 
 @dataclass
@@ -409,7 +423,8 @@ def current_lr(optimizer):
 
 
 # ---------------------------------------------------------------------------- the run folder
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint_last.npz", "checkpoint_best.npz", "eval_val.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint_last.npz", "checkpoint_best.npz", "eval_val.json",
+             "curves.png")
 
 
 @dataclass
@@ -425,6 +440,7 @@ def run_files(folder):
     found = [name for name in RUN_FILES if (folder / name).exists()]
     if (folder / "predictions").is_dir():
         found += [f"predictions/{p.name}" for p in sorted((folder / "predictions").glob("epoch_*.png"))]
+    found += sorted(p.name for p in folder.glob("events.out.tfevents.*"))  # --tensorboard
     return found
 
 

@@ -28,7 +28,7 @@ from .recipes import SettingsError, parse_options
 NETS = tuple(MODELS)
 DATASETS = ("shapes", "voc", "folder", "idx-scenes")
 # Settings a resumed run may change; every other setting comes from the checkpoint.
-RESUME_OVERRIDABLE = ("device", "output_dir", "data_dir", "epochs")
+RESUME_OVERRIDABLE = ("device", "output_dir", "data_dir", "epochs", "tensorboard")
 # Flags that steer this invocation only: never stored in the settings.
 NOT_SETTINGS = ("resume", "eval_only", "overwrite", "model_opt", "data_opt", "distributed")
 
@@ -154,6 +154,9 @@ def build_parser():
                         "is an error")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint "
                                                     "(model, optimizer, scheduler, epoch, random states)")
+    p.add_argument("--tensorboard", action="store_const", const=True,
+                   help="also write TensorBoard event files into the run folder (loss, lr, every metric, "
+                        "per-class IoU, the prediction grid); needs tensorboardX")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate (the --resume checkpoint, the --init-weights file, else the untrained net) "
                         "on the val split")
@@ -178,6 +181,7 @@ def resolve_settings(args):
         settings.setdefault("output_dir", None)
         if "output_dir" not in given:
             settings["output_dir"] = str(Path(args.resume).resolve().parent)
+        _check_tensorboard(settings)
         return settings, checkpoint
     if args.net is None:
         raise SettingsError("--net is required (unless --resume gives a checkpoint)")
@@ -189,7 +193,18 @@ def resolve_settings(args):
     settings.setdefault("data_dir", None)
     settings.setdefault("output_dir", None)  # None: a new folder under runs/, made when the run starts
     settings["run_id"] = uuid.uuid4().hex  # tells this run's files from another's (run.check_output_dir)
+    _check_tensorboard(settings)
     return settings, None
+
+
+def _check_tensorboard(settings):
+    """--tensorboard without its writer package fails before any work, saying what to install."""
+    if settings.get("tensorboard"):
+        from .tensorboard_log import load_writer_class
+        try:
+            load_writer_class()
+        except ImportError as e:
+            raise SettingsError(str(e)) from None
 
 
 def _check_resume_flags(saved, given, model_options, data_options, path):
