@@ -32,6 +32,7 @@ a collective; pass ``abort_on_exception=False`` to keep Python's own handling.
 """
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -103,6 +104,12 @@ class Work:
             finish, self._finish = self._finish, None
             finish()
         return True
+
+    def poll(self):
+        """Let MPI make progress on it (a test, never a wait); True once the transfer is done."""
+        if self._request is not None and self._request.Test():
+            self._request = None
+        return self._request is None
 
     def is_completed(self):
         return self._request is None and self._finish is None
@@ -375,6 +382,8 @@ def install_excepthook():
         rank, size = comm.Get_rank(), comm.Get_size()
         if size == 1:
             return previous(kind, value, tb)
+        if rank != 0:
+            time.sleep(1.0)  # the same error on every rank: rank 0's report and abort come first
         if issubclass(kind, KeyboardInterrupt):
             print(f"rank {rank}: interrupted; stopping every rank", file=sys.__stderr__)
         else:

@@ -30,6 +30,7 @@ the one the module is on), no ``find_unused_parameters`` (unused parameters
 are always handled as above) and no ``gradient_as_bucket_view``.
 """
 import contextlib
+import time
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class DistributedDataParallel(Module):
         self._require_sync = True
         self._in_backward = False
         self._next_bucket = 0
+        self.wait_seconds = 0.0  # time backward() spent waiting for all-reduces to finish (for benchmarks)
 
     @staticmethod
     def _make_buckets(params, cap_bytes):
@@ -166,6 +168,8 @@ class DistributedDataParallel(Module):
             bucket.ready += 1
             if bucket.ready == len(bucket.params):
                 self._start_ready_buckets()
+            for started in self._buckets[:self._next_bucket]:
+                started.work.poll()  # MPI progresses a non-blocking collective only inside MPI calls
         return hook
 
     def _start(self, bucket):
@@ -186,7 +190,9 @@ class DistributedDataParallel(Module):
             for bucket in self._buckets[self._next_bucket:]:
                 self._start(bucket)  # parameters that got no gradient here send zeros
             for bucket in self._buckets:
+                start = time.perf_counter()
                 bucket.work.wait()
+                self.wait_seconds += time.perf_counter() - start
                 bucket.work = None
                 bucket.unpack(self.world_size)
         finally:
