@@ -284,15 +284,25 @@ def _input(shape, seed=0):
 
 
 def _compare(ours, theirs, *shapes, atol=1e-5, grad=True):
-    """Forward (and parameter gradients) of our layer vs torch's on the same input."""
+    """Forward, and with ``grad`` the input and parameter gradients, of our layer vs torch's.
+
+    The backward starts from a random upstream gradient, not ``out.sum()``: under a constant one
+    the gradients of training-mode batch norm's weight and input are zero on both sides.
+    """
     torch = require_torch()
     arrays = [_input(s, seed) for seed, s in enumerate(shapes)]
-    out = ours(*[minigrad.Tensor(a, requires_grad=grad) for a in arrays])
-    expected = theirs(*[torch.from_numpy(a) for a in arrays])
+    inputs = [minigrad.Tensor(a, requires_grad=grad) for a in arrays]
+    t_inputs = [torch.from_numpy(a).requires_grad_(grad) for a in arrays]
+    out = ours(*inputs)
+    expected = theirs(*t_inputs)
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-5, atol=atol)
     if grad:
-        out.sum().backward()
-        expected.sum().backward()
+        upstream = _input(out.shape, seed=len(arrays))
+        (out * minigrad.Tensor(upstream)).sum().backward()
+        (expected * torch.from_numpy(upstream)).sum().backward()
+        for i, (x, t_x) in enumerate(zip(inputs, t_inputs)):
+            np.testing.assert_allclose(x.grad.numpy(), t_x.grad.numpy(), rtol=1e-4, atol=atol,
+                                       err_msg=f"input {i}")
         theirs_params = dict(theirs.named_parameters())
         for name, p in ours.named_parameters():
             np.testing.assert_allclose(p.grad.numpy(), theirs_params[name].grad.numpy(), rtol=1e-4, atol=atol,
@@ -379,7 +389,7 @@ POOLS = [
 @pytest.mark.parametrize("name, kwargs", POOLS)
 def test_parameterless_layers_match_torch(name, kwargs):
     torch = require_torch()
-    _compare(getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs), (2, 3, 7, 6), grad=False)
+    _compare(getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs), (2, 3, 7, 6))
 
 
 @pytest.mark.torch
@@ -419,7 +429,7 @@ def test_batchnorm2d_running_stats_match_torch(momentum, affine, bias):
     theirs = _twin(ours, torch.nn.BatchNorm2d(3, momentum=momentum, affine=affine, bias=bias))
     for seed in range(3):
         x = _input((4, 3, 5, 5), seed) * (seed + 1) + seed
-        _compare(ours, theirs, (4, 3, 5, 5), grad=affine)
+        _compare(ours, theirs, (4, 3, 5, 5))
         ours(minigrad.Tensor(x))
         theirs(torch.from_numpy(x))
     for name, value in theirs.state_dict().items():
@@ -427,7 +437,7 @@ def test_batchnorm2d_running_stats_match_torch(momentum, affine, bias):
     assert ours.num_batches_tracked.item() == 6
     ours.eval()
     theirs.eval()
-    _compare(ours, theirs, (2, 3, 4, 4), grad=False)
+    _compare(ours, theirs, (2, 3, 4, 4))
     assert ours.num_batches_tracked.item() == 6  # eval does not count batches
 
 
