@@ -2,6 +2,7 @@
 from .activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .dropout import dropout, dropout2d
 from .loss import cross_entropy, dice_loss, nll_loss
+from .linear import linear
 from .norm import batch_norm
 from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, mul, neg, pow, sqrt, sub, where
 from .reduction import argmax, max, mean, min, sum

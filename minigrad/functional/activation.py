@@ -39,7 +39,7 @@ def log_softmax(input, dim=None, dtype=None):
     dim = _softmax_dim(input, dim)
     xp = input.xp
     x = input.data if dtype is None else input.data.astype(dtype)
-    shifted = x - x.max(axis=dim, keepdims=True)
+    shifted = x - _max_or_zero(x, dim)
     out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
 
     def backward(g):
@@ -47,11 +47,16 @@ def log_softmax(input, dim=None, dtype=None):
     return _result(out, (input,), backward)
 
 
+def _max_or_zero(x, dim):
+    """The max along ``dim`` (kept) for the stable shift; a zero-size input has none and needs none."""
+    return x.max(axis=dim, keepdims=True) if x.size else 0
+
+
 def softmax(input, dim=None, dtype=None):
     dim = _softmax_dim(input, dim)
     xp = input.xp
     x = input.data if dtype is None else input.data.astype(dtype)
-    e = xp.exp(x - x.max(axis=dim, keepdims=True))
+    e = xp.exp(x - _max_or_zero(x, dim))
     out = e / e.sum(axis=dim, keepdims=True)
 
     def backward(g):

@@ -1,4 +1,6 @@
 """Arithmetic and pointwise math, with broadcasting undone in the gradients."""
+import numpy as np
+
 from ..tensor import Tensor, _result, as_tensor
 
 
@@ -22,14 +24,20 @@ def _operands(a, b):
     return a, b
 
 
-def add(a, b):
+def add(a, b, alpha=1):
+    """``a + alpha * b``, as ``torch.add``."""
+    if alpha != 1:
+        b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     a, b = _operands(a, b)
     return _result(a.data + b.data, (a, b), lambda g: (
         _unbroadcast(g, a.shape) if a.requires_grad else None,
         _unbroadcast(g, b.shape) if b.requires_grad else None))
 
 
-def sub(a, b):
+def sub(a, b, alpha=1):
+    """``a - alpha * b``, as ``torch.sub``."""
+    if alpha != 1:
+        b = mul(b, alpha) if isinstance(b, Tensor) else b * alpha
     a, b = _operands(a, b)
     return _result(a.data - b.data, (a, b), lambda g: (
         _unbroadcast(g, a.shape) if a.requires_grad else None,
@@ -90,18 +98,40 @@ def sqrt(a):
 
 
 def clamp(a, min=None, max=None):
-    """Clip to [min, max]; the gradient passes where the value was not clipped."""
+    """``minimum(maximum(a, min), max)``; ``min`` and ``max`` are numbers or Tensors that broadcast.
+
+    Gradients follow PyTorch's rule: ``a`` gets it where ``min <= a <= max``, a Tensor
+    ``min`` where ``a < min`` (and ``min < max`` when both are given), a Tensor ``max``
+    where ``a > max`` or ``max < min`` (so where ``min > max`` the result is ``max``).
+    """
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
     xp = a.xp
-    out = xp.clip(a.data, min, max)
+    bounds = [b for b in (min, max) if isinstance(b, Tensor)]
+    lo = min.data if isinstance(min, Tensor) else min
+    hi = max.data if isinstance(max, Tensor) else max
+    out = a.data
+    if lo is not None:
+        out = xp.maximum(out, lo)
+    if hi is not None:
+        out = xp.minimum(out, hi)
+    out = out.astype(xp.result_type(a.data, *[b.data for b in bounds]), copy=False)
 
     def backward(g):
-        keep = xp.ones(a.shape, dtype=bool)
-        if min is not None:
-            keep &= a.data >= min
-        if max is not None:
-            keep &= a.data <= max
-        return (g * keep,)
-    return _result(out, (a,), backward)
+        keep = xp.ones(out.shape, dtype=bool)
+        if lo is not None:
+            keep &= a.data >= lo
+        if hi is not None:
+            keep &= a.data <= hi
+        grads = [_unbroadcast(g * keep, a.shape) if a.requires_grad else None]
+        if isinstance(min, Tensor):
+            below = (a.data < lo) & (True if hi is None else lo < hi)
+            grads.append(_unbroadcast(g * below, min.shape) if min.requires_grad else None)
+        if isinstance(max, Tensor):
+            above = (a.data > hi) | (False if lo is None else hi < lo)
+            grads.append(_unbroadcast(g * above, max.shape) if max.requires_grad else None)
+        return tuple(grads)
+    return _result(out, (a, *bounds), backward)
 
 
 def maximum(a, b):
@@ -126,15 +156,13 @@ def matmul(a, b):
     """Matrix product with NumPy's rules for 1-D and batched operands."""
     a, b = _operands(a, b)
     xp = a.xp
-    out = xp.matmul(a.data, b.data)
+    out = xp.asarray(xp.matmul(a.data, b.data))  # 1-D @ 1-D: a 0-d array, not a scalar
 
     def backward(g):
-        ad, bd, gd = a.data, b.data, g
-        # promote 1-D operands to matrices so one rule covers every case
-        if ad.ndim == 1:
-            ad, gd = ad[None, :], gd[..., None, :]
-        if bd.ndim == 1:
-            bd, gd = bd[:, None], gd[..., :, None]
+        # promote 1-D operands to matrices, and g to their product's shape, so one rule covers every case
+        ad = a.data[None, :] if a.ndim == 1 else a.data
+        bd = b.data[:, None] if b.ndim == 1 else b.data
+        gd = g.reshape(np.broadcast_shapes(ad.shape[:-2], bd.shape[:-2]) + (ad.shape[-2], bd.shape[-1]))
         ga = _unbroadcast(xp.matmul(gd, xp.swapaxes(bd, -1, -2)), ad.shape).reshape(a.shape) if a.requires_grad else None
         gb = _unbroadcast(xp.matmul(xp.swapaxes(ad, -1, -2), gd), bd.shape).reshape(b.shape) if b.requires_grad else None
         return ga, gb

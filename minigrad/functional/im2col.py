@@ -18,12 +18,14 @@ from ..backend import get_array_module
 
 
 def pair(value, name="argument"):
-    """(a, b) from an int or a pair, like PyTorch's ``_pair``."""
+    """(a, b) from an int, a one-element sequence or a pair, as PyTorch's 2-D ops expand them."""
     if isinstance(value, (int, np.integer)):
         return int(value), int(value)
     value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value * 2
     if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+        raise ValueError(f"{name} must be an int or a pair of ints (or one int in a sequence), got {value}")
     return value
 
 

@@ -167,14 +167,18 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     (without weights: ``softmax - onehot_smoothed``), times the upstream
     gradient over the normaliser.
 
-    Differences from PyTorch: class-probability (float) targets are not
-    supported (ValueError); any integer target dtype is accepted; ``weight``
+    A floating ``target`` of the input's shape holds class probabilities (soft
+    labels, mixup, distillation), as in PyTorch >= 1.10: see ``_cross_entropy_probabilities``.
+
+    Differences from PyTorch: any integer target dtype is accepted; ``weight``
     must not require grad (no gradient is implemented for it, as in PyTorch).
     """
     name = "cross_entropy"
     _check_reduction(name, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{name}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if isinstance(target, Tensor) and target.dtype.kind == "f":
+        return _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, label_smoothing)
     input, target, squeeze = _unbatched(name, input, target)
     _check_input(name, input)
     target = _target_array(name, input, target)
@@ -214,6 +218,58 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             grad -= factor[:, None] * (smoothing / classes) * class_w.reshape((1, classes) + (1,) * (x.ndim - 2))
         return (grad,)
     return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, smoothing):
+    """``cross_entropy`` with class-probability targets, PyTorch's definition (generic code, both devices).
+
+    With ``q = (1 - eps) * target + eps / C`` (``eps = label_smoothing``) and class
+    weights ``w`` (ones without), the per-element loss is ``-sum_c w[c] q[c] logp[c]``;
+    ``mean`` divides the sum by the number of elements ``N * d1 * ...`` (not by the
+    weights, unlike class-index targets). Gradients: ``softmax * sum_c(w q) - w q``
+    for the logits, ``-(1 - eps) * w * logp`` for the target, times the upstream factor.
+    """
+    name = "cross_entropy"
+    if ignore_index is not None and ignore_index >= 0:
+        raise ValueError(f"{name}: ignore_index={ignore_index} is not supported with class-probability "
+                         f"(floating point) targets, as in PyTorch")
+    squeeze = isinstance(input, Tensor) and input.ndim == 1
+    if squeeze:
+        input = reshape(input, (1,) + input.shape)
+        target = reshape(target, (1,) + target.shape) if target.ndim == 1 else target
+    _check_input(name, input)
+    if target.device != input.device:
+        raise ValueError(f"{name}: input is on {input.device} but target is on {target.device}")
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(f"{name}: target must hold integer class indices or, as floats, class probabilities "
+                         f"of the input's shape; got a {target.dtype} target of shape {target.shape} for input "
+                         f"shape {input.shape}")
+    xp, classes = input.xp, input.shape[1]
+    class_weight = _class_weight(name, input, weight)
+    w = (xp.ones(classes, input.dtype) if class_weight is None else class_weight)
+    w = w.reshape((1, classes) + (1,) * (input.ndim - 2))
+    x, t = input.data, target.data.astype(input.dtype, copy=False)
+    shifted = x - (x.max(axis=1, keepdims=True) if x.size else 0)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    wq = w * ((1 - smoothing) * t + smoothing / classes)
+    loss = -(wq * logp).sum(axis=1)
+    count = loss.size
+    if reduction == "none":
+        out = loss
+    else:
+        out = xp.asarray(loss.sum())
+        if reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = out / out.dtype.type(count)
+
+    def backward(g):
+        if reduction == "mean":
+            g = g / max(count, 1)  # no elements: an empty gradient
+        g = g[:, None] if reduction == "none" else g
+        gx = g * (xp.exp(logp) * wq.sum(axis=1, keepdims=True) - wq) if input.requires_grad else None
+        gt = g * (-(1 - smoothing) * w * logp) if target.requires_grad else None
+        return gx, gt
+    return _squeezed(_result(out, (input, target), backward), reduction, squeeze)
 
 
 def _flat_class_positions(index, classes):

@@ -5,13 +5,16 @@ from ..tensor import Tensor, _result
 
 
 def _axes(dim, ndim):
+    """The axes ``dim`` names; a 0-d tensor takes dim 0 or -1 and reduces nothing, as in PyTorch."""
     if dim is None:
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     for d in dims:
-        if not -ndim <= d < builtins.max(ndim, 1):
+        if not -builtins.max(ndim, 1) <= d < builtins.max(ndim, 1):
             raise IndexError(f"dim={d} is out of range for a tensor with {ndim} dimensions")
-    return tuple(d % builtins.max(ndim, 1) for d in dims)
+    if ndim == 0:
+        return ()
+    return tuple(d % ndim for d in dims)
 
 
 def _expand_back(g, shape, axes, keepdim):
@@ -55,6 +58,9 @@ def _extreme(input, dim, keepdim, pick):
             return (grad.reshape(input.shape),)
         return _result(values, (input,), backward_all)
 
+    if input.ndim == 0:  # dim 0 or -1 of a 0-d tensor: its one element, at index 0 (PyTorch)
+        _axes(dim, 0)
+        return _result(input.data.copy(), (input,), lambda g: (g,)), Tensor._wrap(xp.zeros((), "int64"))
     (axis,) = _axes(dim, input.ndim)
     indices = xp.expand_dims(pick(input.data, axis=axis), axis)
     values = xp.take_along_axis(input.data, indices, axis=axis)
@@ -82,6 +88,9 @@ def argmax(input, dim=None, keepdim=False):
     """Index of the largest value (flat when ``dim`` is None); int64, no gradient."""
     if dim is None:
         return Tensor._wrap(input.xp.asarray(input.data.argmax(), dtype="int64"))
+    if input.ndim == 0:
+        _axes(dim, 0)
+        return Tensor._wrap(input.xp.zeros((), "int64"))
     (axis,) = _axes(dim, input.ndim)
     out = input.data.argmax(axis=axis).astype("int64", copy=False)
     return Tensor._wrap(input.xp.expand_dims(out, axis) if keepdim else out)

@@ -34,6 +34,9 @@ def permute(input, *dims):
 
 
 def transpose(input, dim0, dim1):
+    if input.ndim == 0:  # dims 0 and -1 of a 0-d tensor: nothing to swap (PyTorch)
+        _dim(dim0, 0), _dim(dim1, 0)
+        return reshape(input, ())
     dims = list(range(input.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return permute(input, dims)
@@ -42,10 +45,17 @@ def transpose(input, dim0, dim1):
 def squeeze(input, dim=None):
     if dim is None:
         shape = tuple(n for n in input.shape if n != 1)
-    else:
-        d = dim % input.ndim
-        shape = input.shape if input.shape[d] != 1 else input.shape[:d] + input.shape[d + 1:]
+    else:  # one dim or several (PyTorch >= 2.0); a 0-d tensor takes dim 0 or -1
+        dims = {_dim(d, input.ndim) for d in ((dim,) if isinstance(dim, int) else dim)}
+        shape = tuple(n for i, n in enumerate(input.shape) if not (i in dims and n == 1))
     return reshape(input, shape)
+
+
+def _dim(dim, ndim):
+    """``dim`` as an axis in [0, ndim) (0 for a 0-d tensor), IndexError naming it when out of range."""
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise IndexError(f"dim={dim} is out of range for a tensor with {ndim} dimensions")
+    return dim % max(ndim, 1)
 
 
 def unsqueeze(input, dim):
@@ -135,7 +145,7 @@ def stack(tensors, dim=0):
 def pad(input, pad, mode="constant", value=0.0):
     """Like ``torch.nn.functional.pad``: ``pad`` pairs (before, after) from the last dim backwards.
 
-    Negative amounts crop. Only ``mode="constant"`` is implemented.
+    Negative amounts crop (down to an empty dim, not past it). Only ``mode="constant"`` is implemented.
     """
     if mode != "constant":
         raise NotImplementedError(f"pad: mode={mode!r} is not implemented; only 'constant' is")
@@ -148,9 +158,9 @@ def pad(input, pad, mode="constant", value=0.0):
     # negative widths crop first, positive ones pad afterwards
     crop = tuple(slice(-min(b, 0), n + min(a, 0)) for (b, a), n in zip(widths, input.shape))
     grow = [(max(b, 0), max(a, 0)) for b, a in widths]
-    cropped = input.data[crop]
-    if any(s <= 0 for s in cropped.shape) and input.numel():
-        raise ValueError(f"pad: {tuple(pad)} crops away all of shape {input.shape}")
+    if any(n + b + a < 0 for (b, a), n in zip(widths, input.shape)):
+        raise ValueError(f"pad: {tuple(pad)} crops more than all of shape {input.shape}")
+    cropped = input.data[crop]  # a dim cropped to exactly zero gives an empty result, as in PyTorch
     out = xp.pad(cropped, grow, mode="constant", constant_values=value)
     inner = tuple(slice(b, b + n) for (b, _), n in zip(grow, cropped.shape))
 
