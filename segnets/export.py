@@ -10,10 +10,13 @@ in three lines::
     session = ort.InferenceSession("model.onnx")
     logits = session.run(None, {"input": normalised_nchw_float32})[0]
 
-``--dynamic`` leaves the batch size open and, where the net's output size
-follows its input size in the graph, height and width too (checked by tracing a
-second input size; a net whose crops or resizes fix a traced size keeps the
-exported height and width, and the command says so). ``--with-argmax`` adds the
+``--dynamic`` leaves the batch size open and height and width too: crops, resize
+targets, unpooling sizes and adaptive-pooling bins computed from the input's
+shape become graph arithmetic on ``Shape`` (see ``minigrad.onnx``). Other sizes
+are traced as well and must give the same graph; a net whose Python code decides
+something from the size (which the trace would fix) keeps the exported height
+and width, and the command says so. Valid sizes are still the net's
+(``size_rule`` in the metadata). ``--with-argmax`` adds the
 outputs ``probabilities`` (softmax over classes) and ``labels`` (argmax, int64).
 ``python -m segnets.predict --onnx model.onnx IMAGE...`` runs the file.
 """
@@ -70,7 +73,7 @@ def export_checkpoint(checkpoint, output, opset=17, height=None, width=None, dyn
                              f"{' or '.join(map(str, rule.nearest(n)))}")
     net = WithArgmax(model) if with_argmax else model
     outputs = ("logits", "probabilities", "labels") if with_argmax else ("logits",)
-    example = _example(model, 1 if dynamic else 1, height, width)
+    example = _example(model, 1, height, width)
     spatial = {}
     if dynamic:
         spatial = {"input": {0: "batch", 2: "height", 3: "width"}}
@@ -92,12 +95,13 @@ def export_checkpoint(checkpoint, output, opset=17, height=None, width=None, dyn
     }
     kind = "fixed"
     if dynamic:
-        check = _example(model, 2, height + (rule.step if rule.step > 1 else 5),
-                         width + 2 * (rule.step if rule.step > 1 else 3))
+        # other sizes (two residues mod 32 where any size goes): a graph that depends on the size fails to match
+        steps = [(1, 2)] if rule.step > 1 else [(5, 17), (13, 3)]
+        checks = [_example(model, 2, height + a * rule.step, width + b * rule.step) for a, b in steps]
         try:
             proto = mx.export(net, example, None, opset, ("input",), outputs, spatial,
                               metadata=dict(metadata, dynamic=json.dumps("batch, height, width")),
-                              check_inputs=[check])
+                              check_inputs=checks)
             kind = "batch, height, width"
         except mx.ExportError as e:
             if "trace to" not in str(e):

@@ -127,26 +127,25 @@ def write_checkpoint(path, name, classes=("background", "disc", "ring")):
     return model, meta
 
 
-@pytest.mark.parametrize("name", ["deconvnet", "fcn8s"])
-def test_cli_dynamic_export_runs_two_batches_and_sizes(name, tmp_path, capsys):
+@pytest.mark.parametrize("name, height", [("deconvnet", 64), ("fcn8s", 20), ("unet", 188), ("pspnet50", 64)])
+def test_cli_dynamic_export_runs_other_batches_and_sizes(name, height, tmp_path, capsys):
+    """Unpooling sizes (DeconvNet), FCN's crops, U-Net's centre crops, PSPNet's adaptive bins and resizes all
+    follow the input's size: sizes that were never traced give minigrad's output."""
     model, meta = write_checkpoint(tmp_path / "c.npz", name)
     out = tmp_path / "m.onnx"
     assert export_mod.main(["--checkpoint", str(tmp_path / "c.npz"), "--output", str(out), "--dynamic",
-                            "--with-argmax"]) == 0
-    printed = capsys.readouterr().out
+                            "--with-argmax", "--height", str(height)]) == 0
+    assert "dynamic: batch, height, width" in capsys.readouterr().out
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto, full_check=True)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
     rule = model.size_rule()
-    first = export_mod.default_size(rule)
-    sizes = [(first, first), (first + rule.step, first + 2 * rule.step)] if name == "deconvnet" else [(first, first)]
-    if name == "deconvnet":
-        assert dims == ["batch", 3, "height", "width"] and "batch, height, width" in printed
-    else:  # FCN's crops fix the traced size: only the batch stays open, and the command says so
-        assert dims == ["batch", 3, first, first] and "stay fixed" in printed
+    first, step = height, rule.step
+    sizes = [(first + 3 * step, first + step)] + ([(first + 7, first + 22)] if step == 1 else [])
     s = session(proto)
     model.eval()
-    for batch, (h, w) in zip((1, 3), sizes * 2):
+    for batch, (h, w) in zip((3, 2), sizes):
         x = np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32)
         logits, probabilities, labels = s.run(None, {"input": x})
         with minigrad.no_grad():
@@ -154,6 +153,18 @@ def test_cli_dynamic_export_runs_two_batches_and_sizes(name, tmp_path, capsys):
         assert_close([ref], [logits])
         assert_close([ref.argmax(axis=1)], [labels])
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_size_decided_in_python_cannot_be_dynamic(tmp_path):
+    """The trace fixes Python decisions; another traced size shows the graph would change, so export refuses."""
+    model = Fn(lambda self, x: F.relu(x) if x.shape[-1] > 8 else F.sigmoid(x))
+    dyn = {"input": {0: "batch", 3: "width"}, "logits": {0: "batch", 3: "width"}}
+    small, large = (minigrad.Tensor(np.ones((1, 3, 4, n), np.float32)) for n in (6, 12))
+    with pytest.raises(mx.ExportError, match="trace to different graphs"):
+        mx.export(model, small, None, dynamic_axes=dyn, check_inputs=[large])
+    proto = mx.export(model, small, None, dynamic_axes=dyn, check_inputs=[minigrad.Tensor(np.ones((2, 3, 4, 7),
+                                                                                                 np.float32))])
+    assert [n.op_type for n in proto.graph.node] == ["Sigmoid", "Identity"]
 
 
 def test_metadata_round_trips(tmp_path, capsys):

@@ -65,9 +65,12 @@ def export(model, example_input, path, opset_version=17, input_names=("input",),
     inputs = _as_tuple(example_input, "example_input")
     input_names = _names(input_names, len(inputs), "input")
     dynamic_axes = _dynamic_axes(dynamic_axes)
-    graph, outputs = _trace(model, inputs, input_names, output_names, opset)
+    # sizes read from shapes stay graph arithmetic when height/width (any axis but the batch) are dynamic
+    symbolic = any(axis != 0 for name in input_names for axis in dynamic_axes.get(name, {}))
+    graph, outputs = _trace(model, inputs, input_names, output_names, opset, symbolic)
     for other in check_inputs:
-        other_graph, _ = _trace(model, _as_tuple(other, "check_inputs entry"), input_names, output_names, opset)
+        other_graph, _ = _trace(model, _as_tuple(other, "check_inputs entry"), input_names, output_names, opset,
+                                symbolic)
         _compare_graphs(graph, other_graph, inputs, _as_tuple(other, "check_inputs entry"))
     out_names = [name for name, _ in outputs]
     nodes = _live_nodes(graph.nodes, out_names)
@@ -125,12 +128,13 @@ def _dynamic_axes(dynamic_axes):
     return out
 
 
-def _trace(model, inputs, input_names, output_names, opset):
+def _trace(model, inputs, input_names, output_names, opset, symbolic=False):
     from .. import enable_grad
     from ..tensor import Tensor
     from ._graph import Graph, Tracer, set_name
     from ._ops import CONVERTERS
     graph = Graph(opset)
+    graph.symbolic = symbolic
     graph.register_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training

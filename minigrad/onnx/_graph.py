@@ -53,6 +53,8 @@ class Graph:
         self.scope = []     # module path of the call in progress
         self.location = ""  # where the op being converted was called
         self.pool_switches = {}  # per-plane switches -> (ONNX flat indices, pooled input, its shape)
+        self.symbolic = False   # sizes read from traced shapes are SymInts (dynamic height/width)
+        self._dims = {}         # (value name, axis) -> its Shape/Gather node's output
 
     # ------------------------------------------------------------------ names
     def fresh(self, base):
@@ -85,6 +87,19 @@ class Graph:
 
     def ints(self, values, base="ints"):
         return self.const(np.asarray(list(values), dtype=np.int64), base)
+
+    def int_vector(self, values, base="ints"):
+        """A 1-D int64 value: a constant, or the Concat of the SymInts' expressions (dynamic sizes)."""
+        values = list(values)
+        if not any(isinstance(v, SymInt) for v in values):
+            return self.ints([int(v) for v in values], base)
+        return self.node("Concat", [sym_value(self, v) for v in values], axis=0)
+
+    def dim(self, name, axis):
+        key = (name, axis)
+        if key not in self._dims:
+            self._dims[key] = self.node("Gather", [self.node("Shape", [name]), self.ints([axis], "axis")], axis=0)
+        return self._dims[key]
 
     def scalar(self, value, dtype, base="scalar"):
         return self.const(np.asarray(value, dtype=dtype), base)
@@ -185,6 +200,56 @@ def _tensors_in(values):
             yield from _tensors_in(v)
 
 
+# ---------------------------------------------------------------------- sizes read from shapes
+class SymInt(int):
+    """A size read from a traced tensor's shape: its traced value, plus how to compute it in the graph.
+
+    Arithmetic with ints (+, -, *, //) gives SymInts again, so a crop offset or a resize target
+    computed from ``x.shape`` becomes graph arithmetic on ``Shape(x)`` (emitted only where an op
+    reads it) instead of a constant. Comparisons, ``min``/``max`` and ``if`` use the traced value,
+    as every Python decision during a trace does; ``export(check_inputs=...)`` catches the graphs
+    that such a decision would change. ``//`` becomes ONNX integer Div, which truncates: sizes and
+    offsets are non-negative.
+    """
+
+    def __new__(cls, value, graph, make):
+        self = int.__new__(cls, value)
+        self._graph, self._make, self._name = graph, make, None
+        return self
+
+    def onnx(self):
+        if self._name is None:
+            self._name = self._make()
+        return self._name
+
+    def _binary(self, other, op_type, fn, reflected=False):
+        if isinstance(other, bool) or not isinstance(other, (int, np.integer)):
+            return NotImplemented
+        a, b = (other, self) if reflected else (self, other)
+        g = self._graph
+        return SymInt(fn(int(a), int(b)), g, lambda: g.node(op_type, [sym_value(g, a), sym_value(g, b)]))
+
+    def __add__(self, o): return self._binary(o, "Add", lambda a, b: a + b)  # noqa: E704
+    def __radd__(self, o): return self._binary(o, "Add", lambda a, b: a + b, True)  # noqa: E704
+    def __sub__(self, o): return self._binary(o, "Sub", lambda a, b: a - b)  # noqa: E704
+    def __rsub__(self, o): return self._binary(o, "Sub", lambda a, b: a - b, True)  # noqa: E704
+    def __mul__(self, o): return self._binary(o, "Mul", lambda a, b: a * b)  # noqa: E704
+    def __rmul__(self, o): return self._binary(o, "Mul", lambda a, b: a * b, True)  # noqa: E704
+    def __floordiv__(self, o): return self._binary(o, "Div", lambda a, b: a // b)  # noqa: E704
+    def __rfloordiv__(self, o): return self._binary(o, "Div", lambda a, b: a // b, True)  # noqa: E704
+
+    def __neg__(self):
+        return self._binary(-1, "Mul", lambda a, b: a * b)
+
+    def __pos__(self):
+        return self
+
+
+def sym_value(g, value):
+    """The graph's 1-D int64 [1] value for an int or a SymInt."""
+    return value.onnx() if isinstance(value, SymInt) else g.ints([int(value)], "int")
+
+
 # ---------------------------------------------------------------------- the tracer
 # Tensor attributes that are not plain re-exports of a minigrad.functional function.
 # name -> (converter name, whether the two operands swap)
@@ -228,6 +293,8 @@ class Tracer:
             elif attr in _OTHER_METHODS:
                 self._patch(Tensor, attr, self._wrap(_OTHER_METHODS[attr], fn, method=attr))
         self._patch(Module, "__call__", self._module_call(Module.__call__))
+        if self.graph.symbolic:
+            self._patch(Tensor, "shape", property(self._shape(vars(Tensor)["shape"].fget)))
         return self
 
     def __exit__(self, *exc):
@@ -239,6 +306,17 @@ class Tracer:
     def _patch(self, owner, name, new):
         self._patches.append((owner, name, vars(owner)[name]))
         setattr(owner, name, new)
+
+    def _shape(self, shape):
+        tracer, graph = self, self.graph
+
+        def symbolic_shape(t):
+            dims = shape(t)
+            name = t.__dict__.get(_NAME)
+            if tracer.depth or name is None:
+                return dims
+            return tuple(SymInt(n, graph, lambda i=i: graph.dim(name, i)) for i, n in enumerate(dims))
+        return symbolic_shape
 
     def _module_call(self, call):
         tracer = self

@@ -10,7 +10,7 @@ tracer turns that into an error naming the op and where it was called.
 import numpy as np
 
 from ..tensor import Tensor
-from ._graph import INT64_MAX, INT64_MIN, ExportError, name_of
+from ._graph import INT64_MAX, INT64_MIN, ExportError, SymInt, name_of
 
 CONVERTERS = {}
 
@@ -205,10 +205,16 @@ def _max_unpool2d(g, a, out):
     else:
         shape = g.node("Concat", [g.node("Slice", [g.node("Shape", [g.value(x)]), g.ints([0], "starts"),
                                                      g.ints([2], "ends")]),
-                                  g.ints(out_shape[2:], "size")], axis=0)
+                                  g.int_vector(_unpool_size(a["output_size"], out_shape), "size")], axis=0)
         zeros = g.node("ConstantOfShape", [shape], value=g.numpy_helper.from_array(np.zeros(1, _dtype(out))))
         flat = g.node("Add", [g.value(indices), _plane_offsets(g, zeros)])
     return g.node("MaxUnpool", [g.value(x), flat, shape], **attrs)
+
+
+def _unpool_size(output_size, out_shape):
+    if output_size is not None and _has_sym(list(output_size)[-2:]):
+        return list(output_size)[-2:]
+    return out_shape[2:]
 
 
 @converter("avg_pool2d")
@@ -229,7 +235,8 @@ def _avg_pool2d(g, a, out):
 
 
 def _adaptive_bins(size, out):
-    return [(i * size // out, -((-(i + 1) * size) // out)) for i in range(out)]
+    """PyTorch's bins [floor(i * size / out), ceil((i + 1) * size / out)); ``size`` may be a SymInt."""
+    return [(i * size // out, ((i + 1) * size + out - 1) // out) for i in range(out)]
 
 
 def _adaptive(pool, global_pool, reduce):
@@ -238,17 +245,19 @@ def _adaptive(pool, global_pool, reduce):
         if a.get("return_indices"):
             raise NotImplementedError("return_indices=True")
         _need_4d("adaptive pooling", x)
-        (h, w), (oh, ow) = x.shape[2:], out.shape[2:]
+        (h, w), (oh, ow) = x.shape[2:], out.shape[2:]  # SymInts with dynamic height and width
+        requested = a["output_size"]
+        requested = list(requested) if isinstance(requested, (tuple, list)) else [requested, requested]
         xn = g.value(x)
         if (oh, ow) == (1, 1):
             return g.node(global_pool, [xn])
-        if h % oh == 0 and w % ow == 0:  # equal, disjoint bins: a plain pool
+        if not g.symbolic and h % oh == 0 and w % ow == 0:  # equal, disjoint bins: a plain pool
             k = [h // oh, w // ow]
             return g.node(pool, [xn], kernel_shape=k, strides=k)
-        for axis, size, n in ((2, h, oh), (3, w, ow)):  # separable: rows' bins, then columns'
-            if size == n:
+        for axis, size, n, kept in ((2, h, oh, requested[0] is None), (3, w, ow, requested[1] is None)):
+            if kept or not g.symbolic and size == n:  # separable: rows' bins, then columns'
                 continue
-            parts = [g.reduce(reduce, g.node("Slice", [xn, g.ints([lo], "starts"), g.ints([hi], "ends"),
+            parts = [g.reduce(reduce, g.node("Slice", [xn, g.int_vector([lo], "starts"), g.int_vector([hi], "ends"),
                                                        g.ints([axis], "axes")]), [axis], True)
                      for lo, hi in _adaptive_bins(size, n)]
             xn = g.node("Concat", parts, axis=axis)
@@ -281,7 +290,9 @@ def _interpolate(g, a, out):
         scales = g.const(np.asarray([1.0, 1.0, sh, sw], np.float32), "scales")
         return g.node("Resize", [xn, "", scales], **attrs)
     leading = g.node("Slice", [g.node("Shape", [xn]), g.ints([0], "starts"), g.ints([2], "ends")])
-    sizes = g.node("Concat", [leading, g.ints(out.shape[2:], "size")], axis=0)
+    size = a["size"]
+    size = list(size) if isinstance(size, (tuple, list)) else [size, size]
+    sizes = g.node("Concat", [leading, g.int_vector(size if _has_sym(size) else out.shape[2:], "size")], axis=0)
     return g.node("Resize", [xn, "", "", sizes], **attrs)
 
 
@@ -399,6 +410,11 @@ def _target_shape(source_shape, target_shape):
 @converter("reshape", "flatten", "squeeze", "unsqueeze")
 def _reshape(g, a, out):
     x = a["input"]
+    shape = a.get("shape")
+    if shape is not None and len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    if shape is not None and _has_sym(shape):  # sizes computed from a dynamic shape
+        return g.node("Reshape", [g.value(x), g.int_vector(shape, "shape")])
     return g.node("Reshape", [g.value(x), g.ints(_target_shape(x.shape, out.shape), "shape")])
 
 
@@ -470,13 +486,13 @@ def _getitem(g, a, out):
         if isinstance(i, slice):
             step = 1 if i.step is None else int(i.step)
             if (i.start, i.stop, step) != (None, None, 1):
-                starts.append(int(i.start) if i.start is not None else (0 if step > 0 else INT64_MAX))
-                ends.append(int(i.stop) if i.stop is not None else (INT64_MAX if step > 0 else INT64_MIN))
+                starts.append(_index(i.start) if i.start is not None else (0 if step > 0 else INT64_MAX))
+                ends.append(_index(i.stop) if i.stop is not None else (INT64_MAX if step > 0 else INT64_MIN))
                 axes.append(axis)
                 steps.append(step)
             position += 1
         else:  # an int: a one-element slice, squeezed afterwards
-            k = int(i)
+            k = _index(i)
             starts.append(k)
             ends.append(k + 1 if k != -1 else INT64_MAX)
             axes.append(axis)
@@ -485,7 +501,7 @@ def _getitem(g, a, out):
         axis += 1
     y = g.value(x)
     if axes:
-        y = g.node("Slice", [y, g.ints(starts, "starts"), g.ints(ends, "ends"), g.ints(axes, "axes"),
+        y = g.node("Slice", [y, g.int_vector(starts, "starts"), g.int_vector(ends, "ends"), g.ints(axes, "axes"),
                              g.ints(steps, "steps")])
     if squeeze:
         y = g.node("Squeeze", [y, g.ints(squeeze, "axes")])
@@ -494,15 +510,24 @@ def _getitem(g, a, out):
     return y
 
 
+def _index(value):
+    return value if isinstance(value, SymInt) else int(value)
+
+
+def _has_sym(values):
+    return any(isinstance(v, SymInt) for v in values)
+
+
 @converter("pad")
 def _pad(g, a, out):
-    x, pad = a["input"], [int(p) for p in a["pad"]]
+    x, pad = a["input"], [_index(p) for p in a["pad"]]
     if a["mode"] != "constant":
         raise NotImplementedError(f"mode={a['mode']!r}")
     begins, ends = [0] * x.ndim, [0] * x.ndim
     for i in range(len(pad) // 2):  # PyTorch's order: (before, after) pairs from the last dim backwards
         begins[x.ndim - 1 - i], ends[x.ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
-    return g.node("Pad", [g.value(x), g.ints(begins + ends, "pads"), g.scalar(a["value"], x.dtype)], mode="constant")
+    return g.node("Pad", [g.value(x), g.int_vector(begins + ends, "pads"), g.scalar(a["value"], x.dtype)],
+                  mode="constant")
 
 
 def check_opset(opset):
