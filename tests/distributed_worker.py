@@ -40,12 +40,12 @@ def make_data(steps=STEPS, global_batch=LOCAL_BATCH * WORLD):
     return images, masks
 
 
-def train(model, params, images, masks, rank=0, world=1):
+def train(model, params, images, masks, rank=0, world=1, device="cpu"):
     """SGD with momentum; this rank takes every world-th image of each global batch (as DistributedSampler)."""
     optimizer = minigrad.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
     for step in range(len(images)):
-        x = minigrad.tensor(images[step][rank::world])
-        y = minigrad.tensor(masks[step][rank::world])
+        x = minigrad.tensor(images[step][rank::world], device=device)
+        y = minigrad.tensor(masks[step][rank::world], device=device)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -64,10 +64,22 @@ def reference(batch_norm):
 def run_case(case, path):
     import minigrad.distributed as dist
     from minigrad.nn.parallel import DistributedDataParallel
-    dist.init_process_group("mpi")
+    if case == "gpu-nccl":
+        dist.init_process_group("nccl")  # GPU = local rank % GPUs
+    else:
+        if case == "gpu-mpi":  # every process on GPU 0: gradients staged through host memory
+            minigrad.backend.cupy().cuda.Device(0).use()
+        dist.init_process_group("mpi")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
-    if case == "equal":
+    if case.startswith("gpu-"):
+        images, masks = make_data()
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(make_net(True)).to("gpu")
+        model = DistributedDataParallel(net, bucket_cap_mb=1e-4)  # several buckets
+        train(model, model.parameters(), images, masks, rank, world, device="gpu")
+        for key, value in net.state_dict().items():
+            results[f"sync_bn/{key}"] = value.numpy()
+    elif case == "equal":
         images, masks = make_data()
         for name, batch_norm, cap in (("plain", False, 25), ("sync_bn", True, 25), ("local_bn", True, 25),
                                       ("tiny_buckets", False, 1e-6), ("one_bucket", True, 1000)):

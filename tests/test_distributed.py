@@ -112,6 +112,21 @@ def test_a_parameter_used_on_one_rank_gets_the_average(equal_results):
     np.testing.assert_allclose(equal_results["partly_used/grad"], expected, rtol=1e-12)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["gpu-mpi", "gpu-nccl"])
+def test_gpu_two_processes_train_like_one_cpu_process_with_twice_the_batch(tmp_path, case):
+    """gpu-mpi: two processes on one GPU, host-staged MPI; gpu-nccl: one GPU per process (needs two)."""
+    needs_mpi()
+    if not minigrad.gpu_available():
+        pytest.skip("needs CuPy and an NVIDIA GPU (pip install -e .[gpu])")
+    if case == "gpu-nccl" and minigrad.backend.cupy().cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("NCCL needs one GPU per process: this machine has one")
+    out = tmp_path / "gpu.npz"
+    result = launch([str(HERE / "distributed_worker.py"), case, str(out)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_state(dict(np.load(out)), "sync_bn", worker.reference(True))
+
+
 def test_uneven_data_finishes_with_the_same_number_of_steps_on_every_rank(tmp_path):
     needs_mpi()
     out = tmp_path / "uneven.npz"
