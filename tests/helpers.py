@@ -14,6 +14,13 @@ def distinct_values(rng, shape, dtype=np.float64):
     return rng.permutation(values).reshape(shape).astype(dtype)
 
 
+def more_examples(factor):
+    """Hypothesis settings with ``factor`` times the profile's examples (tests/conftest.py), for cheap
+    properties whose bugs hide in rare combinations of sizes, strides, paddings and dilations."""
+    from hypothesis import settings
+    return settings(max_examples=factor * settings().max_examples)
+
+
 def require_torch():
     """The torch module, or skip the test with a visible reason."""
     return pytest.importorskip("torch", reason="PyTorch (the 'test' extra, torch==2.13.0) is not installed")
