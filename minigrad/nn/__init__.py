@@ -6,7 +6,7 @@ from .dropout import Dropout, Dropout2d
 from .linear import Linear
 from .loss import CrossEntropyLoss
 from .module import Module, ModuleList, Parameter, Sequential
-from .norm import BatchNorm2d
+from .norm import BatchNorm1d, BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .upsampling import Upsample
 from .sync_batchnorm import SyncBatchNorm

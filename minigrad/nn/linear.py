@@ -27,7 +27,7 @@ class Linear(Module):
         if input.shape[-1:] != (self.in_features,):
             raise ValueError(f"Linear: input has shape {input.shape}, its last dim must be "
                              f"in_features={self.in_features}")
-        out = input @ self.weight.T
+        out = input @ self.weight.T  # F.linear's values; written with @ so ONNX export traces a MatMul
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self):

@@ -1,4 +1,4 @@
-"""BatchNorm2d: affine parameters, running statistics and PyTorch's momentum rule around ``F.batch_norm``."""
+"""BatchNorm2d and BatchNorm1d: affine parameters, running statistics and PyTorch's momentum rule around ``F.batch_norm``."""
 import numpy as np
 
 from .. import functional as F
@@ -59,11 +59,15 @@ class BatchNorm2d(Module):
             return 1.0 / float(self.num_batches_tracked.item())
         return self.momentum
 
+    _ranks = (4,)  # the input ranks forward accepts (BatchNorm1d: 2 and 3)
+
     def forward(self, input):
-        if input.ndim != 4:
-            raise ValueError(f"BatchNorm2d: expected 4D input (got {input.ndim}D input of shape {input.shape})")
+        name = type(self).__name__
+        if input.ndim not in self._ranks:
+            expected = " or ".join(f"{r}D" for r in self._ranks)
+            raise ValueError(f"{name}: expected {expected} input (got {input.ndim}D input of shape {input.shape})")
         if input.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d: input has shape {input.shape}, its dim 1 must be "
+            raise ValueError(f"{name}: input has shape {input.shape}, its dim 1 must be "
                              f"num_features={self.num_features}")
         factor = self._average_factor()
         use_batch_stats = self.training or self.running_mean is None
@@ -73,3 +77,13 @@ class BatchNorm2d(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(BatchNorm2d):
+    """BatchNorm2d's rules for (N, C) or (N, C, L) input: per-channel statistics over N (and L).
+
+    Where we differ from PyTorch: it is a subclass of BatchNorm2d (the same module
+    with another input rank), so ``isinstance(m, BatchNorm2d)`` holds for it too.
+    """
+
+    _ranks = (2, 3)
