@@ -263,3 +263,43 @@ def _sparse_module(xp):
         return scipy.sparse
     import cupyx.scipy.sparse
     return cupyx.scipy.sparse
+
+
+# ---------------------------------------------------------------- on a net's batch (segnets.evaluate / predict --crf)
+CRF_OPTIONS = ("iterations", "w1", "theta_alpha", "theta_beta", "w2", "theta_gamma", "method")
+
+
+def check_options(options, flag="--crf-opt"):
+    """``options`` (e.g. from ``--crf-opt KEY=VALUE``) as dense_crf keyword arguments, or a ValueError naming ``flag``."""
+    unknown = sorted(set(options) - set(CRF_OPTIONS))
+    if unknown:
+        raise ValueError(f"{flag}: unknown option {', '.join(map(repr, unknown))}; known: {', '.join(CRF_OPTIONS)}")
+    for key, value in options.items():
+        if key == "method" and value not in METHODS:
+            raise ValueError(f"{flag}: method must be one of {METHODS}, got {value!r}")
+        if key != "method" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{flag}: {key} must be a number, got {value!r}")
+    return dict(options)
+
+
+def crf_batch(images, logits, mean, std, **options):
+    """CRF marginals (N, classes, h, w) for a batch the net saw.
+
+    ``images``: the normalised (N, channels, H, W) net input (``(x * std + mean) * 255``
+    recovers 0-255 colours); ``logits``: the net's (N, classes, h, w) output, h <= H (the
+    image is centre-cropped to it, as the masks are). NumPy or CuPy arrays.
+    """
+    xp = backend.get_array_module(logits)
+    images, logits = xp.asarray(images), xp.asarray(logits)
+    h, w = logits.shape[-2:]
+    top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
+    images = images[..., top:top + h, left:left + w]
+    channels = images.shape[1]
+    mean = xp.asarray(mean, dtype=np.float32).reshape(-1)[:channels].reshape(1, -1, 1, 1)
+    std = xp.asarray(std, dtype=np.float32).reshape(-1)[:channels].reshape(1, -1, 1, 1)
+    colours = (images * std + mean) * 255.0
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = xp.exp(shifted)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return xp.stack([dense_crf(colours[n].transpose(1, 2, 0), probabilities[n], **options)
+                     for n in range(logits.shape[0])])

@@ -20,10 +20,11 @@ import minigrad
 from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .data.base import IGNORE_INDEX
 from .data.transforms import normalize, pad_bottom_right
+from .recipes import SettingsError
+from .settings import Number, check_writable_folder
 from .visualize import colorize, overlay, save_png
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,14 @@ class NetInputTransform:
         return normalize(image, self.mean, self.std), None if mask is None else mask.astype(np.int64)
 
 
-def predict_mask(model, image, mean, std, device="cpu", geometry=None):
+def predict_mask(model, image, mean, std, device="cpu", geometry=None, crf_options=None):
     """(H, W) int64 class indices for one uint8 (H, W, 3) image, at the image's own size.
 
     The image is fitted to a size the net accepts (``fit_to_net``: mirrored margins
     for U-Net 'valid', padding at the bottom/right), and the logits are cropped back
-    to the image. ``geometry`` defaults to the one of ``model.config``.
+    to the image. ``geometry`` defaults to the one of ``model.config``. With
+    ``crf_options`` (a dict, ``{}`` for the defaults) the labels are the dense CRF's
+    (``segnets.crf.dense_crf``) on the net's probabilities and the image.
     """
     height, width = image.shape[:2]
     geometry = geometry or input_geometry(model.config)
@@ -99,7 +102,11 @@ def predict_mask(model, image, mean, std, device="cpu", geometry=None):
     model.eval()
     with minigrad.no_grad():
         logits = model(minigrad.Tensor(x[None], device=device))
-    prediction = backend.to_numpy(logits.data[0].argmax(axis=0)).astype(np.int64)
+    scores = logits.data
+    if crf_options is not None:
+        from .crf import crf_batch
+        scores = crf_batch(x[None], scores, mean, std, **crf_options)
+    prediction = backend.to_numpy(scores[0].argmax(axis=0)).astype(np.int64)
     if prediction.shape[0] < height or prediction.shape[1] < width:
         raise ValueError(f"predict_mask: the net's {prediction.shape} output does not cover the "
                          f"{height}x{width} image (input {x.shape[1:]}, geometry {geometry})")
@@ -128,7 +135,14 @@ def build_parser():
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--output-dir", required=True, help="directory for the PNGs (created if missing)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run [default: cpu]")
-    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay [default: 0.5]")
+    p.add_argument("--crf", action="store_true",
+                   help="refine the net's labels with the dense CRF (segnets.crf, DeepLab's defaults; "
+                        "with --checkpoint)")
+    p.add_argument("--crf-opt", action="append", metavar="KEY=VALUE",
+                   help="dense CRF option, repeatable: iterations, w1, theta_alpha, theta_beta, w2, theta_gamma "
+                        "(colours 0-255, distances in pixels), method=lattice|exact")
+    p.add_argument("--alpha", type=Number(float, minimum=0.0, maximum=1.0), default=0.5,
+                   help="opacity of the colours in the overlay, 0..1 [default: 0.5]")
     return p
 
 
@@ -137,6 +151,19 @@ def main(argv=None):
     from .data.base import read_image
     args = build_parser().parse_args(argv)
     try:
+        check_writable_folder(args.output_dir, "--output-dir")
+        for path in args.images:  # every image readable before anything is written (exit 2, no outputs)
+            read_image(path)
+        crf_options = None
+        if args.crf or args.crf_opt:
+            from .crf import check_options
+            from .recipes import parse_options
+            if args.onnx:
+                raise SettingsError("--crf needs the net's probabilities: use --checkpoint, not --onnx")
+            try:
+                crf_options = check_options(parse_options(args.crf_opt, "--crf-opt"))
+            except ValueError as e:
+                raise SettingsError(str(e)) from None
         if args.onnx:
             from .onnx_model import OnnxSegmenter
             segmenter = OnnxSegmenter(args.onnx)
@@ -146,8 +173,9 @@ def main(argv=None):
             checkpoint = load_checkpoint(args.checkpoint)
             model = build_model_from_checkpoint(checkpoint, device=args.device)
             meta = checkpoint["meta"]
-            segment = lambda image: predict_mask(model, image, meta["mean"], meta["std"], args.device)  # noqa: E731
-    except (RuntimeError, CheckpointError) as e:
+            segment = lambda image: predict_mask(model, image, meta["mean"], meta["std"], args.device,  # noqa: E731
+                                                 crf_options=crf_options)
+    except (RuntimeError, CheckpointError, SettingsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if len(meta["classes"]) > 256:
@@ -157,12 +185,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path, stem in zip(args.images, output_stems(args.images)):
-        try:
-            image = read_image(path)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failures += 1
-            continue
+        image = read_image(path)  # checked above
         try:
             mask = segment(image)
         except RuntimeError as e:  # an image larger than an ONNX model's fixed input

@@ -120,3 +120,57 @@ def test_bad_arguments_are_named():
         dense_crf(image, probabilities, iterations=-1)
     with pytest.raises(ValueError, match="at most 4096 pixels"):
         dense_crf(np.zeros((65, 64, 3)), np.ones((2, 65, 64)) / 2, method="exact")
+
+
+# ---------------------------------------------------------------- segnets.evaluate / predict --crf
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of a tiny DeepLab-LargeFOV on 32x32 shapes."""
+    from segnets import train as train_mod
+    out = tmp_path_factory.mktemp("largefov")
+    args = ["--net", "deeplabv1_largefov", "--width", "2", "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
+            "--model-opt", "fc6_dilation=1", "--data-opt", "image_size=32", "--data-opt", "num_train=4",
+            "--data-opt", "num_val=3", "--output-dir", str(out)]
+    assert train_mod.main(args) == 0
+    return out / "checkpoint_last.npz"
+
+
+def test_evaluate_crf_reports_before_and_after(trained, tmp_path, capsys):
+    import json
+
+    from segnets import evaluate
+    plain, off, on = tmp_path / "plain.json", tmp_path / "off.json", tmp_path / "on.json"
+    assert evaluate.main(["--checkpoint", str(trained), "--output", str(plain)]) == 0
+    # Zero pairwise weights: the CRF's marginals are the net's softmax, so its labels are the net's.
+    assert evaluate.main(["--checkpoint", str(trained), "--output", str(off), "--crf-opt", "w1=0",
+                          "--crf-opt", "w2=0"]) == 0
+    assert evaluate.main(["--checkpoint", str(trained), "--output", str(on), "--crf",
+                          "--crf-opt", "theta_alpha=10", "--crf-opt", "iterations=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "after the dense CRF (theta_alpha=10, iterations=3)" in printed and "with the CRF" in printed
+    plain, off, on = (json.loads(p.read_text()) for p in (plain, off, on))
+    assert off["miou"] == plain["miou"] == on["miou"]
+    assert off["crf"]["miou"] == plain["miou"] and off["crf"]["per_class_iou"] == plain["per_class_iou"]
+    assert on["crf"]["options"] == {"theta_alpha": 10, "iterations": 3} and 0 <= on["crf"]["pixel_acc"] <= 1
+
+
+def test_predict_crf_refines_the_masks(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from segnets import predict
+    pixels = np.random.default_rng(0).integers(0, 256, size=(30, 37, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    masks = {}
+    for name, flags in (("plain", []), ("off", ["--crf-opt", "w1=0", "--crf-opt", "w2=0"]), ("on", ["--crf"])):
+        out = tmp_path / name
+        assert predict.main(["--checkpoint", str(trained), str(tmp_path / "in.png"), "--output-dir", str(out)]
+                            + flags) == 0
+        masks[name] = np.asarray(Image.open(out / "in_mask.png"))
+    np.testing.assert_array_equal(masks["off"], masks["plain"])
+    assert masks["on"].shape == (30, 37)
+    assert predict.main(["--checkpoint", str(trained), str(tmp_path / "in.png"), "--output-dir",
+                         str(tmp_path / "x"), "--crf-opt", "sigma=2"]) == 2
+    assert "error: --crf-opt: unknown option 'sigma'" in capsys.readouterr().err
+    assert predict.main(["--onnx", "model.onnx", str(tmp_path / "in.png"), "--output-dir", str(tmp_path / "y"),
+                         "--crf"]) == 2
+    assert "--crf needs the net's probabilities" in capsys.readouterr().err
