@@ -87,15 +87,16 @@ def test_predict_cli_writes_mask_colour_and_overlay_per_image(trained, tmp_path)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "odd_overlay.png"))[background], first[background])
 
 
-def test_predict_cli_reports_an_unreadable_image_and_goes_on(trained, tmp_path, capsys):
+def test_predict_cli_refuses_an_unreadable_image_before_writing_anything(trained, tmp_path, capsys):
     write_image(tmp_path / "good.png", 32, 32, seed=3)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    code = predict_mod.main(["--checkpoint", str(trained / "checkpoint_last.npz"), str(tmp_path / "bad.png"),
-                             str(tmp_path / "good.png"), "--output-dir", str(out)])
-    assert code == 1
-    assert "bad.png" in capsys.readouterr().err
-    assert (out / "good_mask.png").is_file() and not (out / "bad_mask.png").exists()
+    code = predict_mod.main(["--checkpoint", str(trained / "checkpoint_last.npz"), str(tmp_path / "good.png"),
+                             str(tmp_path / "bad.png"), "--output-dir", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "bad.png" in err and "Traceback" not in err
+    assert not out.exists()  # every image is read before the first output is written
 
 
 def test_output_stems_stay_unique():

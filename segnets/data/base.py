@@ -47,14 +47,19 @@ class SegmentationDataset:
     def validate(self, max_problems=20):
         """Load and check every item; raise one DataError listing the problems found."""
         problems = list(self._structural_problems())
+        labelled, checked = 0, 0
         for i in range(len(self)):
             try:
-                self[i]
+                labelled += int(np.count_nonzero(self[i][1] != self.ignore_index))
+                checked += 1
             except DataError as e:
                 problems.append(str(e))
             if len(problems) >= max_problems:
                 problems.append(f"(stopped after {max_problems} problems)")
                 break
+        if checked and checked == len(self) and labelled == 0:  # the loss would be 0/0 = nan
+            problems.append(f"no pixel of the {getattr(self, 'split', '')} split is labelled: all {checked} "
+                            f"masks hold only the ignore value {self.ignore_index} (void)")
         if problems:
             raise DataError(f"{self.name}: {len(problems)} problem(s) in the data:\n  " + "\n  ".join(problems))
         return self
@@ -92,9 +97,34 @@ def check_item(image, mask, num_classes, ignore_index, source):
 
 
 def read_image(path):
-    """An RGB image file as uint8 (H, W, 3); DataError for unreadable or truncated files."""
+    """An RGB image file as uint8 (H, W, 3); DataError for unreadable or truncated files.
+
+    Images of more than 8 bits per pixel are scaled to 0..255, not clipped:
+    16-bit greyscale (PIL modes I;16*, and mode I with values in 0..65535) by
+    255/65535, 32-bit float (mode F) with values in 0..1 by 255. Other 32-bit
+    images (integers beyond 16 bits, floats outside 0..1) are refused, since
+    their range is not ours to guess. (PIL already reads 16-bit RGB PNGs as 8-bit.)
+    """
     with _open(path, "image") as img:
+        if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+            grey = _scaled_to_8_bits(np.asarray(img), img.mode, path)
+            return np.repeat(grey[:, :, None], 3, axis=2)
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _scaled_to_8_bits(values, mode, path):
+    """A 16-bit or 32-bit single-channel image as uint8 0..255, keeping its full range."""
+    if values.dtype.kind == "f":
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not np.isfinite(values).all() or low < 0.0 or high > 1.0:
+            raise DataError(f"{path}: a 32-bit float image (mode {mode}) with values {low:g}..{high:g}; "
+                            "expected values in 0..1 (convert it to an 8- or 16-bit image)")
+        return np.round(values * 255.0).astype(np.uint8)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise DataError(f"{path}: a 32-bit integer image (mode {mode}) with values {low}..{high}; expected "
+                        "8-bit or 16-bit (0..65535) values (convert it to an 8- or 16-bit image)")
+    return np.round(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 
 def read_mask(path):

@@ -21,6 +21,7 @@ and possibly with the original MNIST dot (``train-images.idx3-ubyte``). Without 
 import functools
 import gzip
 import os
+import re
 import zlib
 
 import numpy as np
@@ -38,14 +39,21 @@ _SPLIT_FILES = {"train": "train", "val": "t10k"}
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 
-def parse_idx(raw, path="<bytes>"):
-    """An IDX file's bytes as a NumPy array, checking magic, dims and length."""
+def parse_idx(raw, path="<bytes>", ndim=None):
+    """An IDX file's bytes as a NumPy array, checking magic, dims and length.
+
+    ``ndim``: the number of dimensions the file must have (3 for images, 1 for labels),
+    checked against the header's dimension-count byte (the 4th) before anything else.
+    """
     if len(raw) < 4:
         raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()}; expected 0000 then "
                         f"a type code in {sorted(_IDX_DTYPES)} and the number of dims)")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    dtype, expected_ndim, ndim = _IDX_DTYPES[raw[2]], ndim, raw[3]
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DataError(f"{path}: its header's dimension-count byte (the 4th, magic bytes {raw[:4].hex()}) "
+                        f"says {ndim} dimension(s); an idx{expected_ndim} file has {expected_ndim}")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header (needs {header} bytes for {ndim} dims, file has {len(raw)})")
@@ -70,7 +78,8 @@ def read_idx(path):
                 raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: truncated or corrupt gzip file ({e})") from None
-    result = parse_idx(raw, path)
+    named = re.search(r"idx(\d)", os.path.basename(path))  # train-images-idx3-ubyte: 3 dims
+    result = parse_idx(raw, path, ndim=int(named.group(1)) if named else None)
     result.flags.writeable = False
     return result
 

@@ -82,8 +82,15 @@ def crop(x, top, left, size):
 
 
 def center_crop(x, size):
-    """The central ``size`` window of ``x`` (the extra pixel of an odd margin goes bottom/right)."""
-    return crop(x, (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2, size)
+    """The central ``size`` window of ``x`` (..., H, W) (the extra pixel of an odd margin goes bottom/right).
+
+    Also crops the masks to the logits of a net that shrinks its input (U-Net 'valid');
+    ``x`` itself when nothing is cut, a ValueError when ``size`` is larger than ``x``.
+    """
+    h, w = size
+    if h > x.shape[-2] or w > x.shape[-1]:
+        raise ValueError(f"center_crop: a {h}x{w} window is larger than the {x.shape[-2]}x{x.shape[-1]} map")
+    return crop(x, (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2, size)
 
 
 def nearest_valid(n, first, step):
