@@ -11,7 +11,8 @@ in ``REFUSED``, one row each with its reason; they must raise an error that says
 never return something.
 
 Run ``python -m pytest tests/test_opinfo.py -s`` to see the per-op counts.
-Not covered: dropout (random), and the ops minigrad does not have.
+Not covered: dropout (random), the dtype casts (``double``, ``float``, ``long``, ``to``, ``item``),
+and the ops minigrad does not have.
 """
 import functools
 import re
@@ -74,6 +75,29 @@ OPS = {
     "sqrt": F.sqrt,
     "clamp": F.clamp,
     "maximum": F.maximum,
+    "minimum": F.minimum,
+    "max.binary": F.max,
+    "min.binary": F.min,
+    "div.floor_rounding": F.div,
+    "div.trunc_rounding": F.div,
+    "softmax.with_dtype": F.softmax,
+    "log_softmax.with_dtype": F.log_softmax,
+    "nn.functional.batch_norm.without_cudnn": F.batch_norm,
+    "nn.functional.interpolate.linear": F.interpolate,
+    "nn.functional.interpolate.trilinear": F.interpolate,
+    "nn.functional.interpolate.bicubic": F.interpolate,
+    "nn.functional.interpolate.area": F.interpolate,
+    "nn.functional.pad.reflect": F.pad,
+    "nn.functional.pad.replicate": F.pad,
+    "nn.functional.pad.replicate_negative": F.pad,
+    "nn.functional.pad.circular": F.pad,
+    "T": lambda input: input.T,
+    "view": mg.Tensor.view,
+    "__radd__": mg.Tensor.__radd__,
+    "__rsub__": mg.Tensor.__rsub__,
+    "__rmul__": mg.Tensor.__rmul__,
+    "__rpow__": mg.Tensor.__rpow__,
+    "__rmatmul__": mg.Tensor.__rmatmul__,
     "where": _where,
     "matmul": F.matmul,
     "sum": F.sum,
@@ -117,6 +141,17 @@ REFUSED = [
      "resampling is 2-D only: (N, C, H, W); 3-D and 5-D inputs are 1-D and 3-D resampling", r"must be 4-D \(N, C, H, W\)"),
     ("nn.functional.batch_norm", lambda sample: sample.input.ndim < 2,
      "a 1-D input has no channel axis; batch_norm takes (N, C) or (N, C, d1, ...)", r"\(N, C\) or \(N, C, d1"),
+    ("nn.functional.batch_norm.without_cudnn", lambda sample: sample.input.ndim < 2,
+     "a 1-D input has no channel axis; batch_norm takes (N, C) or (N, C, d1, ...)", r"\(N, C\) or \(N, C, d1"),
+    *[(f"nn.functional.interpolate.{mode}", lambda sample: True,
+       "only modes nearest, nearest-exact and bilinear, on (N, C, H, W)", r"must be 4-D|mode must be one of")
+      for mode in ("linear", "trilinear", "bicubic", "area")],
+    *[(f"nn.functional.pad.{mode}", lambda sample: True,
+       "only mode='constant' padding", r"only 'constant'") for mode in ("reflect", "replicate", "replicate_negative",
+                                                                        "circular")],
+    *[(f"div.{mode}", lambda sample: True,
+       "no rounding_mode: minigrad's div is true division", r"rounding_mode") for mode in ("floor_rounding",
+                                                                                          "trunc_rounding")],
     ("cat", lambda sample: any(t.shape == (0,) for t in sample.input) and len({t.ndim for t in sample.input}) > 1,
      "PyTorch's legacy rule skips 1-D empty tensors in cat; minigrad asks for matching shapes", r"differ outside dim"),
 ]
@@ -208,9 +243,14 @@ def check_sample(torch, opinfo, ours, sample, rng, name=None):
                 return f"output {i} differs by up to {np.nanmax(np.abs(a_np - b_np)):.3g}"
         elif not np.array_equal(a_np, b_np):
             return f"integer output {i} differs: {a_np.ravel()[:8]} vs {b_np.ravel()[:8]}"
-    t_inputs = [t for t in _leaves(t_args, torch.Tensor) + _leaves(sample.kwargs, torch.Tensor)
-                if t.requires_grad and t.is_floating_point()]
-    m_inputs = [t for t in _leaves(m_args, mg.Tensor) + _leaves(m_kwargs, mg.Tensor) if t.requires_grad]
+    # inputs the op updates in place (batch_norm's running statistics) must end equal too
+    t_leaves = _leaves(t_args, torch.Tensor) + _leaves(sample.kwargs, torch.Tensor)
+    m_leaves = _leaves(m_args, mg.Tensor) + _leaves(m_kwargs, mg.Tensor)
+    for k, (a, b) in enumerate(zip(m_leaves, t_leaves)):
+        if not b.requires_grad and not np.allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-10, equal_nan=True):
+            return f"input {k}, updated in place, differs from PyTorch's afterwards"
+    t_inputs = [t for t in t_leaves if t.requires_grad and t.is_floating_point()]
+    m_inputs = [t for t in m_leaves if t.requires_grad]
     pairs = [(a, b) for a, b in zip(m_out, t_out) if b.is_floating_point() and b.requires_grad]
     if not t_inputs or not pairs:
         return None
@@ -247,7 +287,7 @@ def _op_db():
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_opinfo_samples(name):
+def test_opinfo_samples(name, record_property):
     torch, ops = _op_db()
     opinfo = ops[name]
     rng = np.random.default_rng(0)
@@ -276,5 +316,6 @@ def test_opinfo_samples(name):
             passed += 1
         else:
             failures.append(f"{problem}; {_describe(sample, torch)}")
+    record_property("samples", {"match": passed, "refused": refused, "fail": len(failures)})
     print(f"\n{name}: {passed} samples match PyTorch, {refused} refused as listed, {len(failures)} fail")
     assert not failures, f"{name}: {len(failures)} samples fail:\n" + "\n".join(failures[:20])

@@ -270,3 +270,23 @@ def test_batchnorm1d_parity(rng):
                                    rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ours.running_mean.numpy(), theirs.running_mean.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours.running_var.numpy(), theirs.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ minimum, and max/min of two tensors
+@given(seed=st.integers(0, 2 ** 16))
+def test_minimum_and_binary_max_min(seed):
+    values = distinct_values(np.random.default_rng(seed), (2, 3, 4))
+    a, b = T(values[0], True), T(values[1][:1], True)  # b broadcasts over a's rows
+    np.testing.assert_array_equal(F.minimum(a, b).numpy(), np.minimum(values[0], values[1][:1]))
+    np.testing.assert_array_equal(F.min(a, b).numpy(), F.minimum(a, b).numpy())
+    np.testing.assert_array_equal(F.max(a, b).numpy(), np.maximum(values[0], values[1][:1]))
+    gradcheck(F.minimum, [a, b])
+    gradcheck(F.min, [a, b])
+    gradcheck(F.max, [a, b])
+
+
+def test_minimum_tie_goes_to_the_first_operand():
+    a, b = T([1.0, 2.0], True), T([1.0, 3.0], True)
+    F.sum(F.minimum(a, b)).backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [1, 1])
+    np.testing.assert_array_equal(b.grad.numpy(), [0, 0])

@@ -4,7 +4,7 @@ from .dropout import dropout, dropout2d
 from .loss import cross_entropy, dice_loss, nll_loss
 from .linear import linear
 from .norm import batch_norm
-from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, mul, neg, pow, sqrt, sub, where
+from .elementwise import abs, add, clamp, div, exp, log, matmul, maximum, minimum, mul, neg, pow, sqrt, sub, where
 from .reduction import argmax, max, mean, min, sum
 from .shape import cat, expand, flatten, getitem, pad, permute, reshape, squeeze, stack, transpose, unsqueeze
 from .conv import conv2d, conv_transpose2d

@@ -143,6 +143,15 @@ def maximum(a, b):
         _unbroadcast(g * ~take_a, b.shape) if b.requires_grad else None))
 
 
+def minimum(a, b):
+    """Elementwise minimum; a tie sends the gradient to ``a``."""
+    a, b = _operands(a, b)
+    take_a = a.data <= b.data
+    return _result(a.xp.where(take_a, a.data, b.data), (a, b), lambda g: (
+        _unbroadcast(g * take_a, a.shape) if a.requires_grad else None,
+        _unbroadcast(g * ~take_a, b.shape) if b.requires_grad else None))
+
+
 def where(condition, a, b):
     """``a`` where ``condition`` else ``b``; no gradient to the condition."""
     a, b = _operands(a, b)

@@ -76,11 +76,19 @@ def _extreme(input, dim, keepdim, pick):
 
 
 def max(input, dim=None, keepdim=False):
-    """Like ``torch.max``: the largest value, or ``(values, indices)`` along ``dim``."""
+    """Like ``torch.max``: the largest value, ``(values, indices)`` along ``dim``, or with a Tensor
+    in place of ``dim`` the elementwise ``maximum``."""
+    if isinstance(dim, Tensor):
+        from .elementwise import maximum
+        return maximum(input, dim)
     return _extreme(input, dim, keepdim, lambda a, axis=None: a.argmax(axis=axis))
 
 
 def min(input, dim=None, keepdim=False):
+    """Like ``torch.min``; with a Tensor in place of ``dim`` the elementwise ``minimum``."""
+    if isinstance(dim, Tensor):
+        from .elementwise import minimum
+        return minimum(input, dim)
     return _extreme(input, dim, keepdim, lambda a, axis=None: a.argmin(axis=axis))
 
 
