@@ -51,10 +51,25 @@ class Graph:
         self._params = {}   # id(tensor) -> (name, tensor): the model's parameters and buffers
         self._consts = {}   # id(tensor) -> (name, tensor): other constant tensors read by the graph
         self.scope = []     # module path of the call in progress
-        self.location = ""  # where the op being converted was called
+        self.frame = None   # the frame that called the op being converted (``location`` reads it on an error)
+        self._location = None
         self.pool_switches = {}  # per-plane switches -> (ONNX flat indices, pooled input, its shape)
         self.symbolic = False   # sizes read from traced shapes are SymInts (dynamic height/width)
         self._dims = {}         # (value name, axis) -> its Shape/Gather node's output
+
+    @property
+    def location(self):
+        """'at path:line in function' of the op being converted (computed only for error messages)."""
+        if self._location is None:
+            self._location = where_called(self.frame) if self.frame is not None else "?"
+        return self._location
+
+    @location.setter
+    def location(self, text):
+        self.frame, self._location = None, text
+
+    def calling(self, frame):
+        self.frame, self._location = frame, None
 
     # ------------------------------------------------------------------ names
     def fresh(self, base):
@@ -348,7 +363,7 @@ class Tracer:
             if not any(is_traced(t) or t.requires_grad and not t.is_leaf
                        for t in _tensors_in(list(args) + list(kwargs.values()))):
                 return out  # constants in, constant out
-            tracer.graph.location = where_called(sys._getframe(1))
+            tracer.graph.calling(sys._getframe(1))
             if reflected:
                 args = (args[1], args[0]) + tuple(args[2:])
             bound = signature.bind(*args, **kwargs)
@@ -371,6 +386,7 @@ class Tracer:
                 raise UnsupportedOperatorError(
                     f"minigrad.onnx.export: {_display(name)}: {e} (called {tracer.graph.location}"
                     f"{_in_module(tracer.graph.scope)})") from None
+            tracer.graph.calling(None)  # drop the frame reference
             _name_outputs(out, names)
             return out
         traced.__wrapped__ = fn
