@@ -47,8 +47,27 @@ def bilinear_weight(channels, kernel):
     return weight.float()
 
 
-def _upsampler(channels, factor, padded, learn):
+class ResizeConv(nn.Module):
+    """FCN's upsampling="bilinear"/"nearest": resize by ``factor``, then a 3x3 conv (no bias) set to the identity."""
+
+    def __init__(self, channels, factor, mode, learn):
+        super().__init__()
+        self.factor, self.mode = factor, mode
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[range(channels), range(channels), 1, 1] = 1.0
+        self.conv.weight.requires_grad_(learn)
+
+    def forward(self, x):
+        align = False if self.mode == "bilinear" else None
+        return self.conv(F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align))
+
+
+def _upsampler(channels, factor, padded, learn, upsampling="transposed"):
     """A 2f x 2f, stride f transposed conv initialised bilinear; padding f/2 gives exactly f times the size."""
+    if upsampling != "transposed":
+        return ResizeConv(channels, factor, upsampling, learn)
     layer = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor,
                                padding=factor // 2 if padded else 0, bias=False)
     with torch.no_grad():
@@ -65,7 +84,7 @@ class FCN(nn.Module):
     SKIPS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}  # how many pool-level skips are fused
 
     def __init__(self, variant, num_classes, in_channels=3, width=64, pad100=True, fc_kernel=7,
-                 learn_upsampling=False):
+                 learn_upsampling=False, upsampling="transposed"):
         super().__init__()
         self.variant, self.pad100, self.k = variant, pad100, fc_kernel
         self.stages, channels = _vgg16(self, in_channels, width, 100 if pad100 else 1, batch_norm=False)
@@ -75,16 +94,16 @@ class FCN(nn.Module):
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
         skips = self.SKIPS[variant]
         if skips == 0:
-            self.upscore = _upsampler(num_classes, 32, padded, learn_upsampling)
+            self.upscore = _upsampler(num_classes, 32, padded, learn_upsampling, upsampling)
             return
         self.score_pool4 = nn.Conv2d(8 * width, num_classes, 1)
-        self.upscore2 = _upsampler(num_classes, 2, padded, learn_upsampling)
+        self.upscore2 = _upsampler(num_classes, 2, padded, learn_upsampling, upsampling)
         if skips == 1:
-            self.upscore16 = _upsampler(num_classes, 16, padded, learn_upsampling)
+            self.upscore16 = _upsampler(num_classes, 16, padded, learn_upsampling, upsampling)
             return
         self.score_pool3 = nn.Conv2d(4 * width, num_classes, 1)
-        self.upscore_pool4 = _upsampler(num_classes, 2, padded, learn_upsampling)
-        self.upscore8 = _upsampler(num_classes, 8, padded, learn_upsampling)
+        self.upscore_pool4 = _upsampler(num_classes, 2, padded, learn_upsampling, upsampling)
+        self.upscore8 = _upsampler(num_classes, 8, padded, learn_upsampling, upsampling)
 
     def _offsets(self):
         """Caffe's crop offsets for the pad100 geometry (fc6 of kernel k, no padding)."""
@@ -172,8 +191,22 @@ class DoubleConv(nn.Module):
         return F.relu(self.bn2(x) if self.batch_norm else x)
 
 
+class UpConv(nn.Module):
+    """Resize by 2 (bilinear, align_corners=False, or nearest), then a 3x3 conv with padding 1."""
+
+    def __init__(self, in_channels, out_channels, mode):
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        align = False if self.mode == "bilinear" else None
+        return self.conv(F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=align))
+
+
 class UNet(nn.Module):
-    def __init__(self, num_classes, in_channels=3, width=64, padding="valid", batch_norm=False):
+    def __init__(self, num_classes, in_channels=3, width=64, padding="valid", batch_norm=False,
+                 upsampling="transposed"):
         super().__init__()
         pad = {"valid": 0, "same": 1}[padding]
         channels = in_channels
@@ -181,7 +214,8 @@ class UNet(nn.Module):
             self.add_module(f"enc{level}", DoubleConv(channels, width * 2 ** (level - 1), pad, batch_norm))
             channels = width * 2 ** (level - 1)
         for level in range(4, 0, -1):
-            self.add_module(f"up{level}", nn.ConvTranspose2d(channels, channels // 2, 2, stride=2))
+            self.add_module(f"up{level}", nn.ConvTranspose2d(channels, channels // 2, 2, stride=2)
+                            if upsampling == "transposed" else UpConv(channels, channels // 2, upsampling))
             self.add_module(f"dec{level}", DoubleConv(channels, channels // 2, pad, batch_norm))
             channels //= 2
         self.final = nn.Conv2d(channels, num_classes, 1)

@@ -34,16 +34,16 @@ def test_models_list_and_unknown_names():
     assert segnets.MODELS[:5] == ["fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet"]  # then the later papers' nets
     with pytest.raises(ValueError, match="unknown model 'fcn4s'.*fcn32s, fcn16s"):
         segnets.build_model("fcn4s", 21)
-    with pytest.raises(TypeError, match="unet has no option 'pad100'; its options are padding, batch_norm"):
+    with pytest.raises(TypeError, match="unet has no option 'pad100'; its options are padding, batch_norm, upsampling"):
         segnets.build_model("unet", 2, pad100=False)
-    assert segnets.options_of("fcn8s") == ["pad100", "fc_kernel", "learn_upsampling"]
+    assert segnets.options_of("fcn8s") == ["pad100", "fc_kernel", "learn_upsampling", "upsampling"]
     assert segnets.options_of("deconvnet") == ["fc_kernel"]
 
 
 @pytest.mark.parametrize("name, options", [
-    ("fcn8s", {"pad100": False, "fc_kernel": 3, "learn_upsampling": True}),
+    ("fcn8s", {"pad100": False, "fc_kernel": 3, "learn_upsampling": True, "upsampling": "bilinear"}),
     ("deconvnet", {"fc_kernel": 2}),
-    ("unet", {"padding": "same", "batch_norm": True}),
+    ("unet", {"padding": "same", "batch_norm": True, "upsampling": "nearest"}),
 ])
 def test_config_rebuilds_the_same_net(name, options):
     model = segnets.build_model(name, 5, in_channels=2, width=3, **options)
@@ -57,7 +57,7 @@ def test_config_rebuilds_the_same_net(name, options):
 def test_config_lists_default_options():
     assert segnets.build_model("fcn32s", 21, width=1).config == {
         "name": "fcn32s", "num_classes": 21, "in_channels": 3, "width": 1,
-        "pad100": True, "fc_kernel": 7, "learn_upsampling": False}
+        "pad100": True, "fc_kernel": 7, "learn_upsampling": False, "upsampling": "transposed"}
     assert segnets.build_model("unet", 2, width=1).config["padding"] == "valid"
 
 

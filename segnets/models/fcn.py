@@ -16,13 +16,19 @@ offset 0 and only cut the bottom/right overhang that ceil-mode pooling adds.
 Either way the output is N x num_classes x H x W for any H, W >= 32 (smaller
 too: any size with pad100, >= 17 without, where pool5 must still see 2 rows).
 
-Upsampling. Transposed convs without bias, initialised to bilinear interpolation
+Upsampling (``upsampling="transposed"``, the reference). Transposed convs without bias, initialised to bilinear interpolation
 on the channel diagonal. They are Parameters, so ``num_parameters()`` counts them
 (the paper's totals do), but with ``learn_upsampling=False`` (the reference) they
 have ``requires_grad=False``: build the optimizer from
 ``[p for p in model.parameters() if p.requires_grad]``. The score layers are
 zero-initialised, as in the reference; the trunk and fc6/fc7 get He-normal init
 (the papers start from ImageNet VGG16, see ``segnets.load_torch_state_dict``).
+``upsampling="bilinear"`` or ``"nearest"`` (needs ``pad100=False``): each upsampler
+is instead a resize by its factor followed by a 3x3 conv (padding 1, no bias)
+initialised to the identity, so the untrained net interpolates; with
+``learn_upsampling=True`` the conv learns (resize-convolution, which cannot paint
+the checkerboard a learned transposed conv can: docs/checkerboard.png). The
+layers keep their names (``upscore2.conv.weight``).
 
 Where we differ from the reference: Dropout is element-wise (Caffe's), and FCN-8s
 has no pool3/pool4 score scaling (that is the "at-once" variant).
@@ -31,6 +37,7 @@ from minigrad import functional as F
 from minigrad import nn
 
 from .common import SegmentationNet, SizeRule, check_bool, check_int, crop
+from .unet import check_upsampling
 from .vgg import add_vgg16_convs, vgg16_names, vgg16_stage
 
 # Crop offsets with pad100=True and the 7x7 fc6. For FCN-32s: pool5 pixel f sits over
@@ -45,10 +52,14 @@ class FCN(SegmentationNet):
     has_vgg16_trunk = True  # load_torch_state_dict accepts torchvision's vgg16 / vgg16_bn keys
 
     def __init__(self, num_classes=21, in_channels=3, width=64, pad100=True, fc_kernel=7,
-                 learn_upsampling=False):
+                 learn_upsampling=False, upsampling="transposed"):
         check_bool("pad100", pad100)
         check_bool("learn_upsampling", learn_upsampling)
         check_int("fc_kernel", fc_kernel)
+        check_upsampling(upsampling)
+        if pad100 and upsampling != "transposed":
+            raise ValueError(f"upsampling={upsampling!r} needs pad100=False: the reference's crop offsets are "
+                             "made for its transposed convs")
         if pad100 and fc_kernel != 7:
             raise ValueError(f"fc_kernel={fc_kernel} needs pad100=False: the 100-pixel padding and the crop "
                              "offsets of the reference model are made for the 7x7 fc6")
@@ -56,8 +67,8 @@ class FCN(SegmentationNet):
             raise ValueError(f"FCN needs an odd fc_kernel (its 'same' padding must be symmetric to keep "
                              f"the maps aligned), got {fc_kernel}")
         super().__init__(num_classes, in_channels, width, pad100=pad100, fc_kernel=fc_kernel,
-                         learn_upsampling=learn_upsampling)
-        self.pad100, self.learn_upsampling = pad100, learn_upsampling
+                         learn_upsampling=learn_upsampling, upsampling=upsampling)
+        self.pad100, self.learn_upsampling, self.upsampling = pad100, learn_upsampling, upsampling
         channels = add_vgg16_convs(self, in_channels, width, first_padding=100 if pad100 else 1)
         for stage in range(1, 6):
             setattr(self, f"pool{stage}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
@@ -89,6 +100,8 @@ class FCN(SegmentationNet):
 
     def _upsampler(self, factor):
         """Bilinear upsampling by ``factor``: kernel 2f, stride f, no bias (padded by f/2 without pad100)."""
+        if self.upsampling != "transposed":
+            return ResizeConv(self.num_classes, factor, self.upsampling, self.learn_upsampling)
         layer = nn.ConvTranspose2d(self.num_classes, self.num_classes, 2 * factor, stride=factor,
                                    padding=0 if self.pad100 else factor // 2, bias=False)
         nn.init.bilinear_(layer.weight)
@@ -114,6 +127,26 @@ class FCN(SegmentationNet):
         x = self.drop6(F.relu(self.fc6(x)))
         x = self.drop7(F.relu(self.fc7(x)))
         return pools[2], pools[3], self.score_fr(x)
+
+
+class ResizeConv(nn.Module):
+    """Resize by ``factor`` (bilinear with align_corners=False, or nearest), then a 3x3 conv without bias
+    (padding 1) initialised to the identity on the channel diagonal; it learns only with ``learn``."""
+
+    def __init__(self, channels, factor, mode, learn):
+        super().__init__()
+        self.factor, self.mode = factor, mode
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        nn.init.zeros_(self.conv.weight)
+        self.conv.weight.data[range(channels), range(channels), 1, 1] = 1.0
+        self.conv.weight.requires_grad_(learn)
+
+    def forward(self, x):
+        align = False if self.mode == "bilinear" else None
+        return self.conv(F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align))
+
+    def extra_repr(self):
+        return f"factor={self.factor}, mode={self.mode!r}"
 
 
 def fuse(coarse, skip, offset):

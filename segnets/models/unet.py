@@ -6,6 +6,14 @@ transposed conv that halves the channels, concatenation with the encoder map of
 that level (centre-cropped to the same size: "copy and crop"; encoder map first),
 two 3x3 convs + ReLU. A final 1x1 conv: 23 conv layers in all.
 
+``upsampling``: "transposed" (the paper's 2x2 stride-2 up-conv), or "bilinear" /
+"nearest": resize by 2 then a 3x3 conv (padding 1) that halves the channels, as
+common re-implementations do and as Odena, Dumoulin & Olah ("Deconvolution and
+checkerboard artifacts", Distill 2016) advise: a stride-2 transposed conv whose
+kernel is not a multiple of its stride (or whose weights drift apart) paints a
+checkerboard, resize-then-conv cannot (docs/checkerboard.png). Layer ``up{level}``
+is then an ``UpConv`` with the conv as ``up{level}.conv``; 2.25x the up-convs' weights.
+
 ``padding="valid"`` (the paper): unpadded convs, so the output is smaller than
 the input (572 -> 388) and the input must be 124 mod 16 and >= 188 (every pool
 then sees an even size); other sizes raise a ValueError naming the nearest valid
@@ -29,6 +37,28 @@ from minigrad import nn
 from .common import SegmentationNet, SizeRule, center_crop, check_bool
 
 PADDINGS = ("valid", "same")
+UPSAMPLINGS = ("transposed", "bilinear", "nearest")
+
+
+class UpConv(nn.Module):
+    """Resize by 2 (``mode`` "bilinear", align_corners=False, or "nearest"), then a 3x3 conv with padding 1."""
+
+    def __init__(self, in_channels, out_channels, mode):
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        align = False if self.mode == "bilinear" else None
+        return self.conv(F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=align))
+
+    def extra_repr(self):
+        return f"mode={self.mode!r}"
+
+
+def check_upsampling(upsampling):
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {', '.join(map(repr, UPSAMPLINGS))}, got {upsampling!r}")
 
 
 class DoubleConv(nn.Module):
@@ -52,11 +82,14 @@ class DoubleConv(nn.Module):
 class UNet(SegmentationNet):
     name = "unet"
 
-    def __init__(self, num_classes=2, in_channels=1, width=64, padding="valid", batch_norm=False):
+    def __init__(self, num_classes=2, in_channels=1, width=64, padding="valid", batch_norm=False,
+                 upsampling="transposed"):
         if padding not in PADDINGS:
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         check_bool("batch_norm", batch_norm)
-        super().__init__(num_classes, in_channels, width, padding=padding, batch_norm=batch_norm)
+        check_upsampling(upsampling)
+        super().__init__(num_classes, in_channels, width, padding=padding, batch_norm=batch_norm,
+                         upsampling=upsampling)
         self.padding = padding
         channels = in_channels
         for level in range(1, 6):
@@ -65,7 +98,8 @@ class UNet(SegmentationNet):
             if level < 5:
                 setattr(self, f"pool{level}", nn.MaxPool2d(2, stride=2))
         for level in range(4, 0, -1):
-            setattr(self, f"up{level}", nn.ConvTranspose2d(channels, channels // 2, 2, stride=2))
+            setattr(self, f"up{level}", nn.ConvTranspose2d(channels, channels // 2, 2, stride=2)
+                    if upsampling == "transposed" else UpConv(channels, channels // 2, upsampling))
             setattr(self, f"dec{level}", DoubleConv(channels, channels // 2, padding, batch_norm))
             channels //= 2
         self.final = nn.Conv2d(channels, num_classes, 1)
