@@ -5,7 +5,6 @@ property tests draw, dynamic axes, metadata, errors. Skipped where onnx or
 onnxruntime is missing (pip install onnx onnxruntime, both in the test extra).
 """
 import io
-import json
 import subprocess
 import sys
 
@@ -93,7 +92,12 @@ def valid_size(rule, wanted):
 
 
 # ---------------------------------------------------------------------------- every net
-@pytest.mark.parametrize("name", segnets.MODELS)
+# The ResNet-101 nets repeat pspnet50's trunk 1.5x deeper (~25 s each here on a shared 2-core
+# machine); their heads are exported on their own in tests/test_resnet_nets.py.
+RESNET101_NETS = {"deeplabv2_resnet101", "deeplabv3_resnet101", "deeplabv3plus_resnet101", "pspnet101"}
+
+
+@pytest.mark.parametrize("name", [name for name in segnets.MODELS if name not in RESNET101_NETS])
 def test_every_net_matches_minigrad(name):
     model = small_net(name)
     rule = model.size_rule()

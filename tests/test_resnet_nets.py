@@ -293,3 +293,41 @@ def test_training_loss_adds_the_weighted_aux_loss_in_training_mode_only():
         model.training = True  # only the flag compute_loss reads; the BNs stay in eval mode
         assert compute_loss(model, images, masks, None).item() == pytest.approx(main + 0.5 * extra, rel=1e-12)
     assert extra > 0
+
+
+# ---------------------------------------------------------------- ONNX: the heads on their own
+# (tests/test_onnx.py exports pspnet50 whole; the ResNet-101 trunk is the same blocks, deeper)
+class _Head(nn.Module):
+    """A net's head on given (layer1, layer4) maps: the logits at 4x layer1's size."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, low, high):
+        size = (low.shape[2] * 4, low.shape[3] * 4)
+        return self.net._logits([low, None, None, high], size)
+
+
+@pytest.mark.parametrize("name, options", [("deeplabv2_resnet101", {}), ("deeplabv3_resnet101", {}),
+                                           ("deeplabv3plus_resnet101", {"separable": True})])
+def test_heads_export_to_onnx(name, options):
+    pytest.importorskip("onnx", reason="needs onnx (pip install onnx)")
+    ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install onnxruntime)")
+    import minigrad.onnx as mx
+    net = segnets.build_model(name, 3, width=2, **options).eval()
+    rng = np.random.default_rng(0)
+    for key, buffer in net.named_buffers():
+        if key.endswith("running_var"):
+            buffer.data[...] = rng.uniform(0.5, 1.5, buffer.shape)
+    head = _Head(net).eval()
+    low = rng.standard_normal((2, 8, 9, 10)).astype(np.float32)
+    high = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
+    with minigrad.no_grad():
+        ref = head(minigrad.Tensor(low), minigrad.Tensor(high)).numpy()
+    proto = mx.export(head, (minigrad.Tensor(low), minigrad.Tensor(high)), None, opset_version=17,
+                      input_names=("low", "high"), output_names=("logits",))
+    got, = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"low": low, "high": high})
+    assert got.shape == ref.shape == (2, 3, 36, 40)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
