@@ -47,7 +47,7 @@ def export(model, example_input, path, opset_version=17, input_names=("input",),
 
     Arguments as in ``torch.onnx.export``: ``example_input`` is a Tensor or a tuple of
     them (the positional arguments of ``forward``); ``path`` a file name or a binary
-    file object; ``input_names`` / ``output_names`` name the graph's inputs and outputs
+    file object (None: only return the model); ``input_names`` / ``output_names`` name the graph's inputs and outputs
     (outputs beyond the names get ``output_K``); ``dynamic_axes`` maps a name to the axes
     left symbolic, ``{axis: "name"}`` or a list of axes, e.g.
     ``{"input": {0: "batch"}, "logits": {0: "batch"}}``. ``opset_version`` 13 or newer.
