@@ -1,7 +1,8 @@
 """Data-parallel scaling on this machine: one process with T threads against T processes of one thread.
 
     python -m benchmarks.distributed                 # every configuration, results/distributed-cpu-<date>.{json,md}
-    mpiexec -n 2 python -m benchmarks.distributed --worker --batch 4 --bucket-mb 25   # one configuration
+    mpiexec -n 2 python -m benchmarks.distributed --allreduce   # all_reduce time and bus bandwidth, 1-256 MB
+    mpiexec -n 2 python -m benchmarks.distributed --worker --processes 2 --bucket-mb 25   # one configuration
 
 The same global batch (``--global-batch``, default 8) either way: one process takes it
 whole, N processes take ``global / N`` each and average gradients with
@@ -85,6 +86,26 @@ def worker(args):
                           "allreduce_wait_share": round(wait_s / step_s, 4)}), flush=True)
 
 
+def allreduce_bandwidth(sizes_mb=(1, 8, 64, 256), repeats=5):
+    """Under mpiexec: the median time of minigrad.distributed.all_reduce per size and the ring model's bus
+    bandwidth, 2 (N - 1) / N x bytes / time (the figure the scaling model in benchmarks/README.md takes)."""
+    import minigrad.distributed as dist
+    dist.init_process_group("mpi")
+    world = dist.get_world_size()
+    for mb in sizes_mb:
+        array = np.ones(int(mb * 2**20) // 4, dtype=np.float32)
+        times = []
+        for _ in range(repeats + 1):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(array)
+            times.append(time.perf_counter() - start)
+        t = statistics.median(times[1:])
+        if dist.get_rank() == 0:
+            print(json.dumps({"processes": world, "megabytes": mb, "ms": round(t * 1e3, 3),
+                              "bus_gb_per_s": round(2 * (world - 1) / world * array.nbytes / t / 1e9, 2)}), flush=True)
+
+
 def launch(net, size, processes, threads, bucket_mb, steps, global_batch):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), PYTHONPATH=str(HERE.parent))
@@ -103,13 +124,15 @@ def launch(net, size, processes, threads, bucket_mb, steps, global_batch):
 def compare(args):
     rows = []
     for net in args.nets:
+        rows.append(launch(net, args.size, 1, 1, 0, args.steps, args.global_batch))
+        rows[-1]["config"] = "1 process x 1 thread"
         rows.append(launch(net, args.size, 1, 2, 0, args.steps, args.global_batch))
         rows[-1]["config"] = "1 process x 2 threads"
         rows.append(launch(net, args.size, 2, 1, 1e4, args.steps, args.global_batch))
         rows[-1]["config"] = "2 processes x 1 thread, one bucket (no overlap)"
         rows.append(launch(net, args.size, 2, 1, args.overlap_bucket_mb, args.steps, args.global_batch))
         rows[-1]["config"] = f"2 processes x 1 thread, {args.overlap_bucket_mb} MB buckets (overlap)"
-        for row in rows[-3:]:
+        for row in rows[-4:]:
             print(json.dumps(row), flush=True)
     stamp = time.strftime("%Y-%m-%d")
     out = HERE / "results" / f"distributed-cpu-{stamp}"
@@ -131,6 +154,8 @@ def compare(args):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help="run one configuration (under mpiexec for several)")
+    p.add_argument("--allreduce", action="store_true",
+                   help="under mpiexec: all_reduce time and bus bandwidth for 1-256 MB of float32")
     p.add_argument("--net", default="unet")
     p.add_argument("--nets", nargs="+", default=["unet", "fcn8s"])
     p.add_argument("--size", default="small", choices=("tiny", "small", "full"))
@@ -141,7 +166,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--global-batch", type=int, default=8)
     args = p.parse_args(argv)
-    if args.worker:
+    if args.allreduce:
+        allreduce_bandwidth()
+    elif args.worker:
         worker(args)
     else:
         compare(args)
