@@ -3,7 +3,6 @@ the matrix-product ceiling, comparing results and describing the machine.
 
 Nothing GPU-specific is imported unless ``device='gpu'`` is asked for.
 """
-import ctypes
 import gc
 import math
 import os
@@ -27,45 +26,9 @@ SETTLE_S = 0.15
 
 
 # ----------------------------------------------------------------------------- threads
-def _openblas_function(name):
-    """A function of the OpenBLAS loaded in this process (NumPy's), by its plain name; None if absent.
-
-    scipy-openblas wheels prefix and suffix the symbols (``scipy_openblas_<name>64_``).
-    """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
-            function = getattr(lib, symbol, None)
-            if function is not None:
-                return function
-    return None
-
-
-def openblas_threads():
-    """Threads NumPy's OpenBLAS will use, read from the library itself (what threadpoolctl does)."""
-    getter = _openblas_function("get_num_threads")
-    if getter is None:
-        return None
-    getter.restype = ctypes.c_int
-    return int(getter())
-
-
-def set_openblas_threads(n):
-    """Tell NumPy's OpenBLAS to use ``n`` threads; False when no OpenBLAS is found."""
-    setter = _openblas_function("set_num_threads")
-    if setter is None:
-        return False
-    setter.argtypes = [ctypes.c_int]
-    setter(int(n))
-    return openblas_threads() == n
+# OpenBLAS's thread count is read and set through ctypes by minigrad itself (minigrad.threads):
+# minigrad.set_num_threads(n) sets it together with the CPU kernels' pool.
+openblas_threads, set_openblas_threads = minigrad.threads.openblas_threads, minigrad.threads.set_openblas_threads
 
 
 def numpy_threads():
@@ -80,10 +43,21 @@ def numpy_threads():
 
 
 def match_threads(torch):
-    """Give PyTorch as many intra-op threads as NumPy's BLAS has; returns what was set."""
+    """Give minigrad (its CPU kernels) and PyTorch as many threads as NumPy's BLAS has; returns what was set."""
     n, source = numpy_threads()
+    minigrad.set_num_threads(n)
     torch.set_num_threads(n)
-    return {"threads": n, "source": source, "torch_threads": torch.get_num_threads()}
+    return {"threads": n, "source": source, "torch_threads": torch.get_num_threads(),
+            "minigrad_threads": minigrad.get_num_threads(), "cpu_kernels": cpu_kernels()}
+
+
+def cpu_kernels():
+    """What runs minigrad's CPU fast paths: 'numba <version>', or why the generic NumPy code runs."""
+    from minigrad import kernels
+    if not kernels.enabled("cpu"):
+        return "off (MINIGRAD_CPU_KERNELS=0)" if not kernels._enabled["cpu"] else "off (numba not installed)"
+    import numba
+    return f"numba {numba.__version__}"
 
 
 # ----------------------------------------------------------------------------- device context
@@ -104,9 +78,11 @@ class Context:
         self.model_repeats = repeats if repeats is not None else (1 if quick else 3)
         self.torch_device = "cuda" if self.device == "gpu" else "cpu"
         self.xp = minigrad.backend.xp_for(self.device)
-        if threads is not None and not set_openblas_threads(threads):
-            raise SystemExit(f"--threads {threads}: NumPy's OpenBLAS was not found in this process; "
-                             f"set OPENBLAS_NUM_THREADS={threads} OMP_NUM_THREADS={threads} instead")
+        if threads is not None:
+            minigrad.set_num_threads(threads)   # OpenBLAS and minigrad's CPU kernels
+            if openblas_threads() != threads:
+                raise SystemExit(f"--threads {threads}: NumPy's OpenBLAS was not found in this process; "
+                                 f"set OPENBLAS_NUM_THREADS={threads} OMP_NUM_THREADS={threads} instead")
         self.threads = match_threads(torch)
         self.math_mode = set_gpu_math_mode(torch) if self.device == "gpu" else None
         # the objects of the imports (torch's are many) never die: keep the collector off them,

@@ -25,7 +25,7 @@ def main():
 
     import minigrad as mg
     import minigrad.functional as F
-    from minigrad import cuda_kernels
+    from minigrad.kernels import cuda as cuda_kernels
     from minigrad.functional import conv as C
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -48,8 +48,8 @@ def main():
         flops = 2 * n * out_channels * k * oh * ow
         parts = {
             "im2col": lambda: C._columns(x, geom),
-            "forward product": lambda: C._gemm(w_mat[0], col[:, 0], out.reshape(n, 1, out_channels, -1)[:, 0]),
-            "input-grad product": lambda: C._gemm(w_mat[0], gy.reshape(n, out_channels, -1),
+            "forward product": lambda: cuda_kernels.gemm(w_mat[0], col[:, 0], out.reshape(n, 1, out_channels, -1)[:, 0]),
+            "input-grad product": lambda: cuda_kernels.gemm(w_mat[0], gy.reshape(n, out_channels, -1),
                                                    col[:, 0], transpose_a=True),
             "col2im": lambda: cuda_kernels.col2im(col.reshape(n, c, 3, 3, oh, ow), (h, w), (1, 1), (pad, pad), (1, 1)),
             "folded im2col": lambda: C._folded_columns(x, geom),
@@ -57,7 +57,7 @@ def main():
         folded = C._folded_columns(x, geom)
         gy_folded = cp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(1, out_channels, -1)
         gw = cp.zeros((out_channels, k), cp.float32)
-        parts["weight-grad product"] = lambda: C._gemm(gy_folded[0], folded[0], gw, transpose_b=True, accumulate=True)
+        parts["weight-grad product"] = lambda: cuda_kernels.gemm(gy_folded[0], folded[0], gw, transpose_b=True, accumulate=True)
         xt, wt, gyt = (torch.as_tensor(a, device="cuda") for a in (x, weight, gy))
         mx = mg.Tensor(x, device="gpu", requires_grad=True)
         mw = mg.Tensor(weight, device="gpu", requires_grad=True)

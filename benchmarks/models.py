@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 
 import numpy as np
@@ -26,6 +27,8 @@ import numpy as np
 NETS = ("fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet")
 # On ResNet (issue 16): run with --nets; not in the default list, whose --quick run the tests time.
 RESNET_NETS = ("deeplabv2_resnet101", "deeplabv3_resnet101", "deeplabv3plus_resnet101", "pspnet50", "pspnet101")
+# The later VGG16 papers (issue 15): run with --nets, as the ResNet ones.
+VGG_NETS = ("deeplabv1_largefov", "deeplabv2_vgg16", "segnet")
 NUM_CLASSES, IGNORE_INDEX = 21, 255
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 1e-4
 
@@ -49,6 +52,10 @@ def net_config(net, size):
     """(model options, input side): segnets' recipe options at small sizes, the papers' at full width."""
     if net in RESNET_NETS:  # the references' options (no aux head: the step's loss is the main one)
         return {}, size.image
+    if net in VGG_NETS:  # the papers' options at full width, the recipes' (rates for 64x64 crops) below
+        if size.name == "full" or net == "segnet":
+            return {}, size.image
+        return ({"fc6_dilation": 2} if net == "deeplabv1_largefov" else {"rates": [1, 2, 3, 4]}), size.image
     if size.name == "full":
         if net == "unet":  # the paper's unpadded U-Net; 252 is the nearest valid size to 224 (output 68)
             return {"padding": "valid", "batch_norm": False}, 252
@@ -259,16 +266,21 @@ def _trainer(library, net, size, torch):
 
 
 def cpu_peak(library, net, size, threads):
-    """Run in a fresh process: MB of peak RSS for the training, and for one step alone."""
+    """Run in a fresh process: MB of peak RSS for the training, and for one step alone; and the time
+    to the first step (the library's import, the model, one step: any compilation or cache load)."""
     import resource
+    import time
 
+    start = time.perf_counter()
     torch = None
     if library == "torch":
         import torch
         torch.set_num_threads(threads)
     else:
-        import minigrad  # noqa: F401  (imports counted in the baseline, like torch's)
+        import minigrad  # (imports counted in the baseline, like torch's)
+        minigrad.set_num_threads(threads)
     _trainer(library, net, size, torch).step()  # lazy runtime set-up (oneDNN primitives, thread pools)
+    first_step_s = time.perf_counter() - start
     gc.collect()
     rss_start = _proc_status_kb("VmRSS")
     trainer = _trainer(library, net, size, torch)
@@ -281,7 +293,8 @@ def cpu_peak(library, net, size, threads):
     else:  # no reset possible: the peak of the whole process, since start
         trainer.step()
         peak, step_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, None
-    return {"total_mb": (peak - rss_start) / 1024, "step_mb": None if step_kb is None else step_kb / 1024}
+    return {"total_mb": (peak - rss_start) / 1024, "step_mb": None if step_kb is None else step_kb / 1024,
+            "first_step_s": first_step_s}
 
 
 CPU_MEMORY_METHOD = (
@@ -293,10 +306,10 @@ CPU_MEMORY_METHOD = (
     "peak of the step alone over the resident set just before it.")
 
 
-def cpu_peaks_subprocess(library, nets, size, threads):
-    """{net: {...}} measured in one fresh process per call."""
+def cpu_peaks_subprocess(library, nets, size, threads, **env_extra):
+    """{net: {...}} measured in one fresh process per call (``env_extra``: more environment variables)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-               OPENBLAS_NUM_THREADS=str(threads))  # the parent's thread count, for NumPy as for torch
+               OPENBLAS_NUM_THREADS=str(threads), **env_extra)  # the parent's thread count, for NumPy as for torch
     cmd = [sys.executable, "-m", "benchmarks.models", "--peak", "--library", library, "--size", size.name,
            "--threads", str(threads), "--nets", *nets]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -382,12 +395,33 @@ def run_net(ctx, net, size, peaks=None, memory=True):
     row.update({"minigrad_ms": 1e3 * times["minigrad"], "torch_ms": 1e3 * times["torch"],
                 "ratio": times["minigrad"] / times["torch"],
                 "minigrad_img_s": size.batch / times["minigrad"], "torch_img_s": size.batch / times["torch"]})
+    if ctx.device == "cpu" and ctx.threads["threads"] > 1 and getattr(ctx, "scaling", True):
+        row["one_thread"] = _one_thread_times(ctx, {"minigrad": mg.step, "torch": th.step})
+        row["scaling"] = {lib: row["one_thread"][f"{lib}_ms"] / row[f"{lib}_ms"] for lib in ("minigrad", "torch")}
     if ctx.device == "gpu" and memory:
         peaks = {lib: gpu_peak(t, torch, base[lib]) for lib, t in (("minigrad", mg), ("torch", th))}
     if peaks:
         row["peak_mb"] = {lib: peaks[lib]["total_mb"] for lib in peaks}
         row["step_mb"] = {lib: peaks[lib]["step_mb"] for lib in peaks}
+        row["first_step_s"] = {lib: peaks[lib].get("first_step_s") for lib in peaks if lib in ("minigrad", "torch")}
+        if "minigrad_cold" in peaks:
+            row["first_step_s"]["minigrad_cold"] = peaks["minigrad_cold"].get("first_step_s")
     return row
+
+
+def _one_thread_times(ctx, steps):
+    """Both libraries' step times with one thread each (the thread-scaling columns), then back to n threads."""
+    import minigrad
+    from .common import time_alternating
+    n = ctx.threads["threads"]
+    minigrad.set_num_threads(1)
+    ctx.torch.set_num_threads(1)
+    try:
+        times = time_alternating(ctx, steps, repeats=ctx.model_repeats)
+    finally:
+        minigrad.set_num_threads(n)
+        ctx.torch.set_num_threads(n)
+    return {f"{lib}_ms": 1e3 * t for lib, t in times.items()}
 
 
 def _cpu_peaks(ctx, nets, size):
@@ -403,6 +437,17 @@ def _cpu_peaks(ctx, nets, size):
             except Exception as e:  # the timing still stands; say why memory is missing
                 for net in group:
                     peaks[net][library] = {"total_mb": None, "step_mb": None, "error": str(e)[-300:]}
+    # minigrad's first step once more with an empty numba cache: a machine's very first run compiles
+    # (not in --quick runs: compiling every kernel takes longer than the whole smoke test)
+    if ctx.quick or not str(ctx.threads.get("cpu_kernels", "")).startswith("numba"):
+        return peaks
+    with tempfile.TemporaryDirectory() as cache:
+        try:
+            net = nets[0]
+            peaks[net]["minigrad_cold"] = cpu_peaks_subprocess("minigrad", [net], size, threads,
+                                                               NUMBA_CACHE_DIR=cache)[net]
+        except Exception as e:
+            peaks[nets[0]]["minigrad_cold"] = {"error": str(e)[-300:]}
     return peaks
 
 
@@ -443,7 +488,7 @@ def _peak_main(argv=None):
     p.add_argument("--peak", action="store_true", required=True)
     p.add_argument("--library", choices=("minigrad", "torch"), required=True)
     p.add_argument("--size", choices=tuple(SIZES), required=True)
-    p.add_argument("--nets", nargs="+", choices=NETS + RESNET_NETS, required=True)
+    p.add_argument("--nets", nargs="+", choices=NETS + RESNET_NETS + VGG_NETS, required=True)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args(argv)
     results = {}

@@ -41,8 +41,9 @@ def machine_lines(results):
         f"when well above 0)",
         f"- NumPy {m['numpy']} ({m['numpy_blas']}), PyTorch {m['torch']} ({m['torch_blas']}), "
         f"Python {m['python']}, minigrad {m['minigrad']} at {m['git_commit']}",
-        f"- Threads: {threads['threads']} for NumPy's BLAS ({threads['source']}) and "
-        f"torch.set_num_threads({threads['torch_threads']})",
+        f"- Threads: {threads['threads']} for NumPy's BLAS ({threads['source']}), "
+        f"minigrad.set_num_threads({threads.get('minigrad_threads', '-')}) (CPU kernels: "
+        f"{threads.get('cpu_kernels', '-')}) and torch.set_num_threads({threads['torch_threads']})",
         f"- Each figure: median of {s['repeats']} (ops; at most 3 when a call takes over "
         f"{s['slow_sample_s']} s) / {s['model_repeats']} (training steps) alternating samples after {s['warmup']} warm-up (fast ops looped so one sample lasts >= {s['min_sample_ms']:.0f} ms); "
         "float32" + (f"; {s['settle_s']} s pause before a sample that follows the other library's "
@@ -106,6 +107,29 @@ def models_table(models):
     return _table(header, rows)
 
 
+def scaling_table(models):
+    """Thread scaling and time to the first step, where the run measured them (CPU)."""
+    header = ["net", "minigrad ms, 1 thread / n threads", "minigrad speed-up", "PyTorch ms, 1 thread / n threads",
+              "PyTorch speed-up", "ratio, 1 thread", "first step s: minigrad / PyTorch (minigrad, empty numba cache)"]
+    rows = []
+    for r in models["rows"]:
+        if "error" in r or ("scaling" not in r and "first_step_s" not in r):
+            continue
+        one, first = r.get("one_thread"), r.get("first_step_s") or {}
+        cold = first.get("minigrad_cold")
+        rows.append([
+            r["net"],
+            f"{_num(one['minigrad_ms'])} / {_num(r['minigrad_ms'])}" if one else "-",
+            f"**{_num(r['scaling']['minigrad'])}**" if one else "-",
+            f"{_num(one['torch_ms'])} / {_num(r['torch_ms'])}" if one else "-",
+            _num(r["scaling"]["torch"]) if one else "-",
+            _num(one["minigrad_ms"] / one["torch_ms"]) if one else "-",
+            f"{_num(first.get('minigrad'), 1)} / {_num(first.get('torch'), 1)}"
+            + (f" ({_num(cold, 1)})" if cold is not None else ""),
+        ])
+    return _table(header, rows) if rows else ""
+
+
 def markdown(results):
     parts = [f"## {results['device'].upper()} benchmarks, {results['date']}"
              + (" (--quick)" if results["quick"] else ""), "", *machine_lines(results), ""]
@@ -135,4 +159,13 @@ def markdown(results):
                   "shows whether the two compute the same function).", "",
                   results["models"]["memory_method"], "",
                   models_table(results["models"]), ""]
+        scaling = scaling_table(results["models"])
+        if scaling:
+            parts += ["#### Thread scaling and time to the first step", "",
+                      "Each library's step with one thread (`set_num_threads(1)` in both, timed alternately "
+                      "right after the n-thread figures); *speed-up* = 1-thread time / n-thread time. "
+                      "*first step* = seconds from importing the library to the end of the first training "
+                      "step in a fresh process (model built, any compilation or compiled-code cache load "
+                      "included); in brackets minigrad's with an empty numba cache (a machine's first run).", "",
+                      scaling, ""]
     return "\n".join(parts)

@@ -32,8 +32,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="timed samples per figure (default 5 ops, 3 models; 1 quick)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default 1; 0 quick)")
     p.add_argument("--threads", type=int,
-                   help="threads for NumPy's OpenBLAS and PyTorch alike (default: what OpenBLAS already has; "
-                        "1 gives steadier numbers on a shared machine)")
+                   help="threads for minigrad (minigrad.set_num_threads: OpenBLAS and its CPU kernels) and "
+                        "PyTorch alike (default: what OpenBLAS already has; 1 gives steadier numbers on a "
+                        "shared machine)")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="models on CPU: skip the 1-thread step timings of the thread-scaling table")
     p.add_argument("--only", nargs="+", help="ops: only cases whose op/case/layer contains one of these words")
     p.add_argument("--nets", nargs="+", help="models: a subset of fcn32s fcn16s fcn8s deconvnet unet "
                    "(default), or the ResNet nets: deeplabv2_resnet101 deeplabv3_resnet101 "
@@ -54,6 +57,7 @@ def output_stem(args, date):
 
 def run(args):
     ctx = Context(args.device, quick=args.quick, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+    ctx.scaling = not args.no_scaling
     date = datetime.date.today().isoformat()
     results = {
         "device": args.device, "date": date, "quick": args.quick, "suite": args.suite,

@@ -8,5 +8,6 @@ from .random import manual_seed
 from . import nn, optim
 from .nn import Parameter
 from .serialization import load, save
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

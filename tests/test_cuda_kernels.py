@@ -16,7 +16,8 @@ import pytest
 
 import minigrad as mg
 import minigrad.functional as F
-from minigrad import cuda_kernels
+from minigrad import kernels
+from minigrad.kernels import cuda as cuda_kernels
 from minigrad.functional.im2col import col2im, conv_output_size, im2col
 
 HOST_PRELUDE = r"""
@@ -29,6 +30,13 @@ using std::isnan; using std::exp; using std::log;
 struct Dim3 { long long x, y; };
 static const Dim3 blockIdx = {0, 0}, threadIdx = {0, 0}, blockDim = {1, 1}, gridDim = {1, 1};
 """
+
+
+@pytest.fixture(autouse=True)
+def generic_cpu_code():
+    """The references here are the generic NumPy code, not the CPU kernels."""
+    with kernels.disabled("cpu"):
+        yield
 
 
 @pytest.fixture(scope="module", params=[np.float32, np.float64], ids=["float32", "float64"])

@@ -7,7 +7,8 @@ import pytest
 
 import minigrad as mg
 import minigrad.functional as F
-from minigrad import backend, cuda_kernels
+from minigrad import backend
+from minigrad.kernels import cuda as cuda_kernels
 
 pytestmark = [
     pytest.mark.gpu,

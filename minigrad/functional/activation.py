@@ -1,5 +1,5 @@
 """Activations and the softmax family."""
-from .. import cuda_kernels
+from .. import kernels
 from ..tensor import _result
 
 
@@ -9,9 +9,11 @@ def relu(input, inplace=False):
     The backward reads the sign from the output (kept anyway: the next op's input)
     instead of keeping a mask of the input.
     """
-    out = input.xp.maximum(input.data, 0)
-    if cuda_kernels.usable(out):  # one pass, no boolean temporary
-        return _result(out, (input,), lambda g: (cuda_kernels.relu_grad(g, out),))
+    fast = kernels.get("relu", input.data)
+    out = fast(input.data) if fast is not None else input.xp.maximum(input.data, 0)
+    grad = kernels.get("relu_grad", out)  # one pass, no boolean temporary
+    if grad is not None:
+        return _result(out, (input,), lambda g: (grad(g, out),))
     return _result(out, (input,), lambda g: (g * (out > 0),))
 
 

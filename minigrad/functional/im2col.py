@@ -13,7 +13,7 @@ from, one strided add per kernel tap.
 """
 import numpy as np
 
-from .. import cuda_kernels
+from .. import kernels
 from ..backend import get_array_module
 
 
@@ -57,11 +57,12 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     ``pad_before`` is the top/left padding; the bottom/right padding is whatever
     ``out_size`` needs (so ceil mode and asymmetric 'same' padding need no special case).
     Pixels in the padding read ``pad_value`` (0 for conv, -inf for max-pooling).
-    One padded copy, one strided view, one contiguous copy (on a GPU: one CUDA kernel).
-    ``out`` (CPU): a contiguous array of the result's size to copy into instead of a new one.
+    One padded copy, one strided view, one contiguous copy (fast paths: one kernel, ``kernels.im2col``).
+    ``out``: a contiguous array of the result's size to copy into instead of a new one.
     """
-    if cuda_kernels.usable(x):
-        return cuda_kernels.im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
+    fast = kernels.get("im2col", x)
+    if fast is not None:
+        return fast(x, kernel_size, stride, pad_before, dilation, out_size, pad_value, out=out)
     windows = window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
     if out is None:
         return get_array_module(x).ascontiguousarray(windows)
@@ -95,10 +96,12 @@ def col2im(col, input_size, stride, pad_before, dilation, out=None):
     A loop over the kh*kw kernel taps, each one strided add of a whole (N, C, OH, OW)
     slab; no loop over pixels and no scatter with atomics. Kernels much larger than
     their stride (FCN's 64x64 stride-32 upsampling: 4096 taps) go by stride phase instead.
-    On a GPU: one CUDA kernel, a deterministic gather (one thread per pixel).
+    Fast paths (``kernels.col2im``): on a GPU a deterministic gather, one thread per pixel;
+    on the CPU one thread per share of the (n, c) planes.
     """
-    if cuda_kernels.usable(col):
-        return cuda_kernels.col2im(col, input_size, stride, pad_before, dilation, out=out)
+    fast = kernels.get("col2im", col)
+    if fast is not None:
+        return fast(col, input_size, stride, pad_before, dilation, out=out)
     xp = get_array_module(col)
     n, c, kh, kw, oh, ow = col.shape
     h, w = input_size

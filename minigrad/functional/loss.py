@@ -12,10 +12,11 @@ of integer class indices; an unbatched ``(C,)`` input takes a 0-d target.
 """
 import numpy as np
 
-from .. import cuda_kernels
+from .. import kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
 from .activation import softmax
+from .batch_axis import add_batch_axis, remove_batch_axis
 from .shape import reshape
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -137,18 +138,20 @@ def _upstream_per_element(g, normaliser, valid):
 
 
 def _unbatched(name, input, target):
-    """(C,) input with a 0-d target -> (1, C) and (1,); says whether to squeeze the result back."""
+    """(C,) input with a 0-d target -> (1, C) and (1,); and whether a batch axis was added (``add_batch_axis``)."""
     if isinstance(input, Tensor) and input.ndim == 1:
         target = target if isinstance(target, Tensor) else Tensor._wrap(input.xp.asarray(target))
         if target.ndim != 0:
             raise ValueError(f"{name}: an unbatched input of shape {input.shape} needs a 0-d target, "
                              f"got target shape {target.shape}")
-        return reshape(input, (1, input.shape[0])), Tensor._wrap(target.data.reshape(1)), True
+        input, added = add_batch_axis(name, input, 2, layout="(N, C)")
+        return input, Tensor._wrap(target.data.reshape(1)), added
     return input, target, False
 
 
-def _squeezed(out, reduction, squeeze):
-    return reshape(out, ()) if squeeze and reduction == "none" else out
+def _squeezed(out, reduction, added):
+    """``out`` without the batch axis ``_unbatched`` added (only a per-element loss has one)."""
+    return remove_batch_axis(out, added and reduction == "none")
 
 
 # ---------------------------------------------------------------- cross_entropy and nll_loss
@@ -185,8 +188,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     class_weight = _class_weight(name, input, weight)
     index, valid, target_weight = _pick_targets(name, input, target, class_weight, ignore_index)
 
-    if cuda_kernels.usable(input.data):
-        out = _cross_entropy_cuda(input, index, valid, target_weight, class_weight, label_smoothing, reduction)
+    if kernels.get("cross_entropy_forward", input.data) is not None:  # the fast path: two fused kernels
+        out = _cross_entropy_kernels(input, index, valid, target_weight, class_weight, label_smoothing, reduction)
         return _squeezed(out, reduction, squeeze)
 
     classes, smoothing = input.shape[1], label_smoothing
@@ -283,14 +286,15 @@ def _flat_class_positions(index, classes):
     return positions.reshape(index.shape)
 
 
-def _cross_entropy_cuda(input, index, valid, target_weight, class_weight, smoothing, reduction):
-    """GPU fast path of ``cross_entropy``: the same formulas as one forward and one backward kernel."""
-    loss, lse = cuda_kernels.cross_entropy_forward(input.data, index, valid, class_weight, smoothing)
+def _cross_entropy_kernels(input, index, valid, target_weight, class_weight, smoothing, reduction):
+    """Fast path of ``cross_entropy`` (``minigrad.kernels``): the same formulas as one forward and one backward kernel."""
+    loss, lse = kernels.get("cross_entropy_forward", input.data)(input.data, index, valid, class_weight, smoothing)
     out, normaliser = _reduce(loss, target_weight, reduction)
 
     def backward(g):
         factor = _upstream_per_element(g, normaliser, valid)
-        return (cuda_kernels.cross_entropy_backward(input.data, index, class_weight, lse, factor, smoothing),)
+        backward_kernel = kernels.get("cross_entropy_backward", input.data)
+        return (backward_kernel(input.data, index, class_weight, lse, factor, smoothing),)
     return _result(out, (input,), backward)
 
 

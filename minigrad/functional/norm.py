@@ -1,5 +1,5 @@
 """Batch normalisation: one fused op with the standard closed-form backward."""
-from .. import cuda_kernels
+from .. import kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result
 
@@ -54,65 +54,42 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     channels = _check_batch_norm_shapes(input, running_mean, running_var, weight, bias)
     xp, x = input.xp, input.data
-    per_channel = (1, channels) + (1,) * (input.ndim - 2)  # broadcasts a (C,) array against x
     count = input.numel() // channels
 
-    fused = cuda_kernels.usable(x)  # GPU: the per-element passes are single kernels, no temporaries
     if training:
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
-        mean = _channel_sum(x) / count
-        # biased; two passes for accuracy (a GPU never stores x - mean; the CPU reuses it for out)
-        centered = None if fused else x - mean.reshape(per_channel)
-        var = (cuda_kernels.channel_sums(x, None, mean)[1] if fused else _channel_dot(centered, centered)) / count
+        fast = kernels.get("channel_sums", x)
+        mean = (fast(x)[0] if fast is not None else x.sum(axis=(0,) + tuple(range(2, x.ndim)))) / count
+        var = channel_sums(x, None, mean)[1] / count  # biased; two passes for accuracy
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var must be given when training=False")
         mean = running_mean.data.astype(x.dtype, copy=True)  # a snapshot: later steps update it in place
         var = running_var.data.astype(x.dtype, copy=False)
-        centered = None if fused else x - mean.reshape(per_channel)
 
     # Neither xhat nor x - mean is kept for the backward (the input is kept anyway, as the
     # graph's parent): out and every gradient fold inv_std into per-channel factors.
     inv_std = 1 / xp.sqrt(var + eps)
     scale = xp.ones(channels, dtype=x.dtype) if weight is None else weight.data.astype(x.dtype, copy=False)
     shift = xp.zeros(channels, dtype=x.dtype) if bias is None else bias.data.astype(x.dtype, copy=False)
-    if fused:
-        out = cuda_kernels.channel_affine(x, mean, scale * inv_std, shift)
-    else:
-        out = centered
-        out *= (scale * inv_std).reshape(per_channel)
-        if bias is not None:
-            out += shift.reshape(per_channel)
-        del centered
+    out = channel_affine(x, mean, scale * inv_std, shift)
 
     def backward(g):
         need_input = input.requires_grad
         need_weight = weight is not None and weight.requires_grad
         need_bias = bias is not None and bias.requires_grad
         sum_g = sum_g_centered = None
-        if fused and (need_weight or need_bias or (need_input and training)):  # both sums in one pass
-            sum_g, sum_g_centered = cuda_kernels.channel_sums(g, x, None, mean)
-        elif not fused:
-            sum_g = _channel_sum(g) if need_bias or (need_input and training) else None
-            centered = x - mean.reshape(per_channel) if need_weight or (need_input and training) else None
-            sum_g_centered = None if centered is None else _channel_dot(g, centered)
+        if need_weight or need_bias or (need_input and training):  # both sums in one pass
+            sum_g, sum_g_centered = channel_sums(g, x, None, mean)
         grads = [None]
         if need_input:
             gain = scale * inv_std
             # dx = gain * g - (x - mean) * slope - offset: the two terms vanish in eval mode
             slope = gain * inv_std * inv_std * sum_g_centered / count if training else xp.zeros_like(gain)
             offset = gain * sum_g / count if training else xp.zeros_like(gain)
-            if fused:
-                grads[0] = cuda_kernels.batch_norm_input_grad(g, x, mean, gain, slope, offset)
-            else:
-                grads[0] = g * gain.reshape(per_channel)
-                if training:  # the correction built in the centered buffer
-                    correction = centered
-                    correction *= slope.reshape(per_channel)
-                    correction += offset.reshape(per_channel)
-                    grads[0] -= correction
+            grads[0] = batch_norm_input_grad(g, x, mean, gain, slope, offset)
         if weight is not None:
             grads.append(sum_g_centered * inv_std if need_weight else None)
         if bias is not None:
@@ -122,16 +99,54 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return _result(out, parents, backward)
 
 
-def _channel_sum(a):
-    """Sum over every axis but the channel axis 1."""
-    if cuda_kernels.usable(a):
-        return cuda_kernels.channel_sums(a)[0]
-    return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
+# Batch norm's three per-channel passes over (N, C, ...) arrays: generic array code, one dispatch each
+# to a kernel (``minigrad.kernels``: one pass on the GPU, one pass on every core on the CPU).
+def channel_sums(a, b=None, shift_a=None, shift_b=None):
+    """Per channel (axis 1): (sum of (a - shift_a), sum of (a - shift_a) * (b - shift_b)) over every other axis.
 
-
-def _channel_dot(a, b):
-    """Per channel, sum of ``a * b`` without the product array (einsum on the CPU, one kernel on a GPU)."""
-    if cuda_kernels.usable(a):
-        return cuda_kernels.channel_sums(a, b)[1]
+    ``b`` defaults to ``a``, ``shift_a`` to 0, ``shift_b`` to ``shift_a``. The generic code
+    builds one centred copy at most and sums the product by einsum (no product array).
+    """
+    fast = kernels.get("channel_sums", a)
+    if fast is not None:
+        return fast(a, b, shift_a, shift_b)
+    xp = get_array_module(a)
     n, c = a.shape[:2]
-    return get_array_module(a).einsum("ncl,ncl->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+    per_channel = (1, c) + (1,) * (a.ndim - 2)
+    da = a if shift_a is None else a - shift_a.reshape(per_channel)
+    if b is None:
+        db = da
+    else:
+        shift_b = shift_a if shift_b is None else shift_b
+        db = b if shift_b is None else b - shift_b.reshape(per_channel)
+    sum_a = a.sum(axis=(0,) + tuple(range(2, a.ndim)))
+    if shift_a is not None:
+        sum_a = sum_a - shift_a.reshape(c) * (a.size // max(c, 1))
+    sum_ab = xp.einsum("ncl,ncl->c", da.reshape(n, c, -1), db.reshape(n, c, -1))
+    return sum_a, sum_ab
+
+
+def channel_affine(x, mean, scale, shift):
+    """(x - mean[c]) * scale[c] + shift[c] over (N, C, ...): batch norm's output."""
+    fast = kernels.get("channel_affine", x)
+    if fast is not None:
+        return fast(x, mean, scale, shift)
+    per_channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    out = x - mean.reshape(per_channel)
+    out *= scale.reshape(per_channel)
+    out += shift.reshape(per_channel)
+    return out
+
+
+def batch_norm_input_grad(g, x, mean, gain, slope, offset):
+    """g * gain[c] - (x - mean[c]) * slope[c] - offset[c] over (N, C, ...): batch norm's input gradient."""
+    fast = kernels.get("batch_norm_input_grad", x)
+    if fast is not None:
+        return fast(g, x, mean, gain, slope, offset)
+    per_channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    correction = x - mean.reshape(per_channel)
+    correction *= slope.reshape(per_channel)
+    correction += offset.reshape(per_channel)
+    dx = g * gain.reshape(per_channel)
+    dx -= correction
+    return dx

@@ -13,10 +13,10 @@ Like PyTorch, every op here also takes one unbatched (C, H, W) image.
 """
 import numpy as np
 
-from .. import cuda_kernels
+from .. import kernels
 from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
-from . import shape as _shape
+from .batch_axis import add_batch_axis, remove_batch_axis
 from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair, window_view
 
 
@@ -31,12 +31,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     (PyTorch's CPU kernel returns its last); a dilated window that holds no input
     pixel at all raises ValueError (PyTorch returns -inf and an out-of-range index).
     """
-    x, batched = _as_batch("max_pool2d", input)
+    x, added = add_batch_axis("max_pool2d", input, 4)
     geometry = _pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     out, indices = _max_pool2d(x, *geometry, need_indices=return_indices)
     if return_indices:
-        return _unbatch(out, batched), _unbatch(indices, batched)
-    return _unbatch(out, batched)
+        return remove_batch_axis(out, added), remove_batch_axis(indices, added)
+    return remove_batch_axis(out, added)
 
 
 def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
@@ -47,8 +47,9 @@ def _max_pool2d(x, kernel, stride, padding, dilation, out_size, need_indices):
                     zip(("height", "width"), (h, w), out_size, kernel, stride, padding, dilation)]
     # Disjoint windows never share a switch, so their gradient is a plain store.
     disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
-    if cuda_kernels.usable(x.data):  # GPU fast path: one thread per window, same values and switches
-        out, indices = cuda_kernels.max_pool2d(x.data, kernel, stride, padding, dilation, out_size)
+    fast = kernels.get("max_pool2d", x.data)
+    if fast is not None:  # one pass, one thread per window (a share of the planes on the CPU): same switches
+        out, indices = fast(x.data, kernel, stride, padding, dilation, out_size)
         result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w), disjoint),))
         return result, Tensor._wrap(indices)
     windows = window_view(x.data, kernel, stride, padding, dilation, out_size, pad_value=_lowest(x.dtype))
@@ -148,7 +149,7 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     never collide and a plain store is used; hand-made indices that collide then
     keep one value, as in PyTorch (on the CPU, the last).
     """
-    x, batched = _as_batch("max_unpool2d", input)
+    x, added = add_batch_axis("max_unpool2d", input, 4)
     switches = indices.data if isinstance(indices, Tensor) else get_array_module(x.data).asarray(indices)
     if tuple(switches.shape) != tuple(input.shape):
         raise ValueError(f"max_unpool2d: indices must have the shape of input {tuple(input.shape)}, "
@@ -165,7 +166,7 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
     def backward(g):  # the adjoint of a scatter is the gather at the same switches
         return (_gather_from_planes(g, switches),)
-    return _unbatch(_result(out, (x,), backward), batched)
+    return remove_batch_axis(_result(out, (x,), backward), added)
 
 
 def _scatter_to_planes(values, switches, plane_size, disjoint):
@@ -178,8 +179,9 @@ def _scatter_to_planes(values, switches, plane_size, disjoint):
     """
     xp = get_array_module(values)
     n, c = values.shape[:2]
-    if cuda_kernels.usable(values):
-        return cuda_kernels.scatter_to_planes(values, switches, plane_size, accumulate=not disjoint)
+    fast = kernels.get("scatter_to_planes", values)
+    if fast is not None:
+        return fast(values, switches, plane_size, accumulate=not disjoint)
     plane = plane_size[0] * plane_size[1]
     flat = _flat_switches(xp, switches, plane).ravel()
     total = n * c * plane
@@ -194,8 +196,9 @@ def _scatter_to_planes(values, switches, plane_size, disjoint):
 def _gather_from_planes(planes, switches):
     """``planes[n, c].ravel()[switches[n, c, ...]]`` for every plane: the adjoint of the scatter."""
     xp = get_array_module(planes)
-    if cuda_kernels.usable(planes):
-        return cuda_kernels.gather_from_planes(planes, switches)
+    fast = kernels.get("gather_from_planes", planes)
+    if fast is not None:
+        return fast(planes, switches)
     plane = planes.shape[2] * planes.shape[3]
     return xp.ascontiguousarray(planes).ravel()[_flat_switches(xp, switches, plane)]
 
@@ -251,7 +254,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """
     if divisor_override is not None and int(divisor_override) == 0:
         raise ValueError("avg_pool2d: divisor_override must not be zero")
-    x, batched = _as_batch("avg_pool2d", input)
+    x, added = add_batch_axis("avg_pool2d", input, 4)
     kernel, stride, padding, dilation, out_size = _pool_geometry(
         "avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
     xp = x.xp
@@ -268,7 +271,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     def backward(g):  # every pixel of a window gets grad / divisor: col2im of a broadcast, no copy
         share = xp.broadcast_to((g / divisor)[:, :, None, None], (n, c) + kernel + out_size)
         return (col2im(share, (h, w), stride, padding, dilation),)
-    return _unbatch(_result(out, (x,), backward), batched)
+    return remove_batch_axis(_result(out, (x,), backward), added)
 
 
 def _window_extent(size, out, kernel, stride, pad, count_include_pad):
@@ -289,7 +292,7 @@ def adaptive_avg_pool2d(input, output_size):
     both axes are averaging matrices ``A_h`` (oh, H) and ``A_w`` (ow, W), so the
     output is ``A_h @ x @ A_w.T`` and the gradient ``A_h.T @ g @ A_w``.
     """
-    x, batched = _as_batch("adaptive_avg_pool2d", input)
+    x, added = add_batch_axis("adaptive_avg_pool2d", input, 4)
     out_size = _adaptive_output_size("adaptive_avg_pool2d", x.shape, output_size)
     xp = x.xp
     rows, cols = (xp.asarray(_adaptive_mean_matrix(size, out, x.dtype))
@@ -298,7 +301,7 @@ def adaptive_avg_pool2d(input, output_size):
 
     def backward(g):
         return (xp.matmul(xp.matmul(rows.T, g), cols),)
-    return _unbatch(_result(out, (x,), backward), batched)
+    return remove_batch_axis(_result(out, (x,), backward), added)
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False):
@@ -310,7 +313,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     switch. Where we differ: a bin holding NaN returns its first NaN's index
     (PyTorch's CPU kernel returns its last).
     """
-    x, batched = _as_batch("adaptive_max_pool2d", input)
+    x, added = add_batch_axis("adaptive_max_pool2d", input, 4)
     out_size = _adaptive_output_size("adaptive_max_pool2d", x.shape, output_size)
     xp = x.xp
     h, w = x.shape[2:]
@@ -333,8 +336,8 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     disjoint = not (row_overlap or col_overlap)
     result = _result(out, (x,), lambda g: (_scatter_to_planes(g, indices, (h, w), disjoint),))
     if return_indices:
-        return _unbatch(result, batched), _unbatch(Tensor._wrap(indices), batched)
-    return _unbatch(result, batched)
+        return remove_batch_axis(result, added), remove_batch_axis(Tensor._wrap(indices), added)
+    return remove_batch_axis(result, added)
 
 
 def _adaptive_bins(size, out):
@@ -394,19 +397,6 @@ def _pool_geometry(name, shape, kernel_size, stride, padding, dilation, ceil_mod
         raise ValueError(f"{name}: input of shape {tuple(shape)} is too small for kernel_size {kernel} "
                          f"with padding {padding} and dilation {dilation}: output size would be {out_size}")
     return kernel, stride, padding, dilation, out_size
-
-
-def _as_batch(name, input):
-    """(4-D input, whether a batch axis was added): an unbatched (C, H, W) image becomes (1, C, H, W)."""
-    if input.ndim == 4:
-        return input, False
-    if input.ndim == 3:
-        return _shape.unsqueeze(input, 0), True
-    raise ValueError(f"{name}: input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-
-
-def _unbatch(tensor, batched):
-    return _shape.squeeze(tensor, 0) if batched else tensor
 
 
 def _lowest(dtype):

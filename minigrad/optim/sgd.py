@@ -1,5 +1,5 @@
 """SGD with momentum, dampening, weight decay and Nesterov, as ``torch.optim.SGD`` computes it."""
-from .. import cuda_kernels
+from .. import kernels
 from .optimizer import Optimizer
 
 
@@ -28,12 +28,13 @@ class SGD(Optimizer):
 
     def _update(self, param, grad, state, group):
         momentum = group["momentum"]
-        if cuda_kernels.usable(param.data) and param.data.flags.c_contiguous:  # one pass, no temporaries
+        fast = kernels.get("sgd_update", param.data)
+        if fast is not None and param.data.flags.c_contiguous:  # one pass, no temporaries
             buf = state.get("momentum_buffer")
             first = momentum != 0 and buf is None
             if first:
                 buf = state["momentum_buffer"] = param.xp.empty_like(param.data)
-            cuda_kernels.sgd_update(param.data, grad, buf, group["lr"], momentum, group["dampening"],
+            fast(param.data, grad, buf, group["lr"], momentum, group["dampening"],
                                     group["weight_decay"], group["nesterov"], first)
             return
         if group["weight_decay"] != 0:

@@ -1,0 +1,459 @@
+"""CPU fast paths: numba-compiled kernels, parallel over (sample, channel) planes on every allowed core.
+
+The same functions, arguments and results as ``minigrad.kernels.cuda`` (where both have one),
+each computing what the generic array code computes (tests/test_kernels.py compares them):
+im2col (also batch-folded), col2im, max_pool2d, scatter_to_planes / gather_from_planes (the
+max-pool gradient and unpooling), batch norm's channel_sums / channel_affine /
+batch_norm_input_grad, relu / relu_grad, cross_entropy_forward / cross_entropy_backward and
+sgd_update. NumPy runs its copies and ufuncs on one core; these loops split the work over
+``minigrad.get_num_threads()`` threads, which is why they exist (the matrix products are
+already threaded by OpenBLAS). Each kernel is compiled serial and without the GIL (``nogil``)
+and handles a range of planes or elements; a persistent thread pool runs the shares at once.
+(numba's own ``parallel=True`` was measured too: it took ~5x longer to compile, and its
+default threading layer may not be entered from two Python threads at once.)
+
+numba is optional (``pip install minigrad[cpu]``); without it ``AVAILABLE`` is False and the
+ops run the generic NumPy code. Compiled code is cached on disk (``cache=True``, numba's
+cache directory rules), so only a machine's first run compiles (a few seconds per dtype).
+Reductions accumulate in float64 (per thread share, then in a fixed order): deterministic for
+a given thread count. ``MINIGRAD_CPU_KERNELS=0`` switches all of them off.
+"""
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..threads import get_num_threads
+
+try:
+    import numba
+    from numba import njit
+except ImportError:  # the optional extra is not installed: the generic code runs
+    numba = None
+AVAILABLE = numba is not None
+
+if AVAILABLE:
+    _jit = _serial = njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+    # Unsigned indices skip numba's negative-index wrap-around test, which keeps LLVM from
+    # vectorising the inner loops (measured: a row copy 1.6x faster). Only for indices >= 0.
+    _u = np.uintp
+
+    # ------------------------------------------------------------------ im2col / col2im
+    @_serial
+    def _taps_inside(size, out, kernel_pos, stride, pad):
+        """First and one-past-last output index whose tap lands inside [0, size)."""
+        lo = 0
+        while lo < out and lo * stride - pad + kernel_pos < 0:
+            lo += 1
+        hi = out
+        while hi > lo and (hi - 1) * stride - pad + kernel_pos >= size:
+            hi -= 1
+        return lo, hi
+
+    @_jit
+    def _im2col(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad):
+        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for ky in range(kh):
+                for kx in range(kw):
+                    x_lo, x_hi = _taps_inside(w, ow, kx * dw, sw, pl)
+                    shift = kx * dw - pl
+                    for oy in range(oh):
+                        y = oy * sh - pt + ky * dh
+                        if folded:
+                            row = col[ch, ky, kx, i, oy]
+                        else:
+                            row = col[i, ch, ky, kx, oy]
+                        if y < 0 or y >= h:
+                            for ox in range(ow):
+                                row[_u(ox)] = pad
+                            continue
+                        src = x[i, ch, y]
+                        for ox in range(x_lo):
+                            row[_u(ox)] = pad
+                        if sw == 1:
+                            for ox in range(x_lo, x_hi):
+                                row[_u(ox)] = src[_u(ox + shift)]
+                        else:
+                            for ox in range(x_lo, x_hi):
+                                row[_u(ox)] = src[_u(ox * sw + shift)]
+                        for ox in range(x_hi, ow):
+                            row[_u(ox)] = pad
+
+    @_jit
+    def _col2im_add(lo, hi, col, img, sh, sw, pt, pl, dh, dw):
+        c, kh, kw, oh, ow = col.shape[1], col.shape[2], col.shape[3], col.shape[4], col.shape[5]
+        h, w = img.shape[2], img.shape[3]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for ky in range(kh):
+                y_lo, y_hi = _taps_inside(h, oh, ky * dh, sh, pt)
+                for kx in range(kw):
+                    x_lo, x_hi = _taps_inside(w, ow, kx * dw, sw, pl)
+                    shift = kx * dw - pl
+                    for oy in range(y_lo, y_hi):
+                        row = img[i, ch, oy * sh - pt + ky * dh]
+                        src = col[i, ch, ky, kx, oy]
+                        if sw == 1:
+                            for ox in range(x_lo, x_hi):
+                                row[_u(ox + shift)] += src[_u(ox)]
+                        else:
+                            for ox in range(x_lo, x_hi):
+                                row[_u(ox * sw + shift)] += src[_u(ox)]
+
+    # ------------------------------------------------------------------ pooling
+    @_jit
+    def _max_pool(lo, hi, x, out, index, kh, kw, sh, sw, pt, pl, dh, dw):
+        n, c, h, w = x.shape
+        oh, ow = out.shape[2], out.shape[3]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            src = x[i, ch]
+            for oy in range(oh):
+                for ox in range(ow):
+                    best = src[0, 0]
+                    best_at = -1
+                    for ky in range(kh):
+                        y = oy * sh - pt + ky * dh
+                        if y < 0 or y >= h:
+                            continue
+                        for kx in range(kw):
+                            x_ = ox * sw - pl + kx * dw
+                            if x_ < 0 or x_ >= w:
+                                continue
+                            v = src[y, x_]
+                            if best_at < 0 or v > best or (math.isnan(v) and not math.isnan(best)):
+                                best = v
+                                best_at = y * w + x_
+                    out[i, ch, oy, ox] = best
+                    index[i, ch, oy, ox] = best_at
+
+    @_jit
+    def _scatter(lo, hi, values, switches, out, accumulate):
+        planes, length = values.shape
+        for p in range(lo, hi):
+            dst = out[p]
+            for k in range(length):
+                if accumulate:
+                    dst[switches[p, k]] += values[p, k]
+                else:
+                    dst[switches[p, k]] = values[p, k]
+
+    @_jit
+    def _gather(lo, hi, planes, switches, out):
+        count, length = switches.shape
+        for p in range(lo, hi):
+            src = planes[p]
+            for k in range(length):
+                out[p, k] = src[switches[p, k]]
+
+    # ------------------------------------------------------------------ batch norm
+    @_jit
+    def _channel_sums(lo, hi, a, b, shift_a, shift_b, partial_a, partial_ab):
+        n, c, length = a.shape
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            sa, sb = np.float64(shift_a[ch]), np.float64(shift_b[ch])
+            ta = 0.0
+            tab = 0.0
+            for k in range(length):
+                da = np.float64(a[i, ch, _u(k)]) - sa
+                ta += da
+                tab += da * (np.float64(b[i, ch, _u(k)]) - sb)
+            partial_a[i, ch] = ta
+            partial_ab[i, ch] = tab
+
+    @_jit
+    def _channel_affine(lo, hi, x, mean, scale, shift, y):
+        n, c, length = x.shape
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            m, k, b = mean[ch], scale[ch], shift[ch]
+            for l in range(length):
+                y[i, ch, _u(l)] = (x[i, ch, _u(l)] - m) * k + b
+
+    @_jit
+    def _batch_norm_input_grad(lo, hi, g, x, mean, gain, slope, offset, dx):
+        n, c, length = x.shape
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            m, k, s, o = mean[ch], gain[ch], slope[ch], offset[ch]
+            for l in range(length):
+                dx[i, ch, _u(l)] = g[i, ch, _u(l)] * k - (x[i, ch, _u(l)] - m) * s - o
+
+    # ------------------------------------------------------------------ element-wise (flat ranges)
+    @_jit
+    def _relu(lo, hi, x, y):
+        for i in range(lo, hi):
+            v = x[_u(i)]
+            y[_u(i)] = v if v > 0 or v != v else 0  # NaN stays NaN, as np.maximum
+
+    @_jit
+    def _relu_grad(lo, hi, g, y, dx):
+        for i in range(lo, hi):
+            dx[_u(i)] = g[_u(i)] if y[_u(i)] > 0 else 0
+
+    @_jit
+    def _sgd(lo, hi, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+        for i in range(lo, hi):
+            d = g[i]
+            if weight_decay != 0:
+                d = d + weight_decay * p[i]
+            if momentum != 0:
+                b = d if first else momentum * buf[i] + (1 - dampening) * d
+                buf[i] = b
+                d = d + momentum * b if nesterov else b
+            p[i] -= lr * d
+
+    # ------------------------------------------------------------------ cross-entropy
+    @_jit
+    def _cross_entropy_forward(lo, hi, x, target, valid, weight, smoothing, loss, lse):
+        n, classes, length = x.shape
+        for pixel in range(lo, hi):
+            i, l = pixel // length, pixel % length
+            top = x[i, 0, l]
+            for c in range(1, classes):
+                v = x[i, c, l]
+                top = v if v > top else top
+            total = 0.0
+            for c in range(classes):
+                total += math.exp(x[i, c, l] - top)
+            log_sum = top + math.log(total)
+            lse[i, l] = log_sum
+            if not valid[i, l]:
+                loss[i, l] = 0
+                continue
+            smooth = 0.0
+            if smoothing > 0:
+                for c in range(classes):
+                    smooth += weight[c] * (log_sum - x[i, c, l])
+            t = target[i, l]
+            loss[i, l] = (1 - smoothing) * weight[t] * (log_sum - x[i, t, l]) + smoothing / classes * smooth
+
+    @_jit
+    def _cross_entropy_backward(lo, hi, x, target, weight, lse, factor, smoothing, mean_weight, grad):
+        n, classes, length = x.shape
+        for plane in range(lo, hi):
+            i, c = plane // classes, plane % classes
+            w_c = smoothing / classes * weight[c]
+            for l in range(length):
+                t = target[i, l]
+                w_t = weight[t]
+                scale = (1 - smoothing) * w_t + smoothing * mean_weight
+                coef = ((1 - smoothing) * w_t if c == t else 0) + w_c
+                grad[i, c, l] = factor[i, l] * (scale * math.exp(x[i, c, l] - lse[i, l]) - coef)
+
+
+# ---------------------------------------------------------------------- the thread pool
+_pool = None
+_pool_lock = threading.Lock()
+# Below this many elements a pass runs on the calling thread: handing shares to the pool
+# costs ~20-50 us, more than the work.
+_MIN_PARALLEL = 1 << 15
+
+
+def _run(kernel, count, elements, *args):
+    """``kernel(lo, hi, *args)`` over [0, count) in ``get_num_threads()`` contiguous shares at once.
+
+    The kernels release the GIL (``nogil``), so the shares run on as many cores; the calling
+    thread takes the first. Shares never overlap: every kernel writes only its own planes/elements.
+    """
+    threads = min(get_num_threads(), count)
+    if threads <= 1 or elements < _MIN_PARALLEL:
+        kernel(0, count, *args)
+        return
+    bounds = [count * k // threads for k in range(threads + 1)]
+    futures = [_executor().submit(kernel, lo, hi, *args) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        kernel(bounds[0], bounds[1], *args)
+    finally:
+        for future in futures:
+            future.result()
+
+
+def _executor():
+    """The pool: n - 1 threads for ``minigrad.set_num_threads(n)`` (the caller takes one share); grows on demand."""
+    global _pool
+    workers = max(get_num_threads() - 1, 1)
+    if _pool is None or _pool._max_workers < workers:
+        with _pool_lock:
+            if _pool is None or _pool._max_workers < workers:
+                old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="minigrad-cpu")
+                if old is not None:
+                    old.shutdown(wait=False)
+    return _pool
+
+
+# ---------------------------------------------------------------------- the public kernels
+# Arrays reach the compiled loops C-contiguous (one compiled version per dtype), except the
+# col2im target, which may be a block of rows of a larger image.
+def _int(*values):
+    return tuple(int(v) for v in values)
+
+
+def _c(array, dtype=None):
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0, out=None, folded=False):
+    """(N, C, H, W) -> contiguous (N, C, kh, kw, OH, OW), like the generic ``im2col``;
+    ``folded``: (C, kh, kw, N, OH, OW), the batch next to the positions. ``out``: write there."""
+    n, c = x.shape[:2]
+    shape = ((c,) + tuple(kernel_size) + (n,) if folded else (n, c) + tuple(kernel_size)) + tuple(out_size)
+    col = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
+    if col.size:
+        _run(_im2col, n * c, col.size, _c(x), col, bool(folded),
+             *_int(*kernel_size, *out_size, *stride, *pad_before, *dilation), x.dtype.type(pad_value))
+    return col
+
+
+def col2im(col, input_size, stride, pad_before, dilation, out=None):
+    """(N, C, kh, kw, OH, OW) -> (N, C, H, W), summing overlaps; ``out``: add into it (rows may be a view)."""
+    n, c = col.shape[:2]
+    if out is None:
+        img = np.zeros((n, c) + tuple(input_size), dtype=col.dtype)
+    elif out.strides[3] == out.itemsize and out.strides[2] == out.shape[3] * out.itemsize:
+        img = out  # whole rows of each plane: a view numba can write through
+    else:
+        img = np.zeros(out.shape, dtype=col.dtype)
+    if col.size and img.size:
+        _run(_col2im_add, n * c, col.size, _c(col), img, *_int(*stride, *pad_before, *dilation))
+    if out is not None and img is not out:
+        out += img
+        return out
+    return img
+
+
+def max_pool2d(x, kernel_size, stride, pad_before, dilation, out_size):
+    """(values, int64 switches h*W+w) of every window: the first maximum (first NaN) in row-major order."""
+    n, c = x.shape[:2]
+    out = np.empty((n, c) + tuple(out_size), dtype=x.dtype)
+    index = np.empty(out.shape, dtype=np.int64)
+    if out.size:
+        _run(_max_pool, n * c, x.size, _c(x), out, index, *_int(*kernel_size, *stride, *pad_before, *dilation))
+    return out, index
+
+
+def _planes(array, dtype=None):
+    n, c = array.shape[:2]
+    return _c(array, dtype).reshape(n * c, -1)
+
+
+def scatter_to_planes(values, switches, plane_size, accumulate):
+    """(N, C, ...) values into zeroed (N, C, H, W) planes at their switches (added if ``accumulate``,
+    else the last value sharing a switch kept, as the generic fancy-index store)."""
+    n, c = values.shape[:2]
+    out = np.zeros((n, c) + tuple(plane_size), dtype=values.dtype)
+    if values.size:
+        _run(_scatter, n * c, out.size, _planes(values), _planes(switches, np.int64), out.reshape(n * c, -1),
+             bool(accumulate))
+    return out
+
+
+def gather_from_planes(planes, switches):
+    """The (N, C, H, W) planes' entries at (N, C, ...) switches."""
+    n, c = switches.shape[:2]
+    out = np.empty(switches.shape, dtype=planes.dtype)
+    if out.size:
+        _run(_gather, n * c, out.size, _planes(planes), _planes(switches, np.int64), out.reshape(n * c, -1))
+    return out
+
+
+def _channels(array, dtype=None):
+    n, c = array.shape[:2]
+    return _c(array, dtype).reshape(n, c, -1)
+
+
+def _per_channel(values, dtype, c):
+    return _c(values, dtype).reshape(c)
+
+
+def channel_sums(a, b=None, shift_a=None, shift_b=None):
+    """Per-channel (sum of (a - shift_a), sum of (a - shift_a) * (b - shift_b)) over all but axis 1.
+
+    Each (n, c) plane is summed in float64 by one thread; the planes' sums are then added
+    in a fixed order, so the result does not depend on the thread count.
+    """
+    n, c = a.shape[:2]
+    a3 = _channels(a)
+    b3 = a3 if b is None else _channels(b, a.dtype)
+    shift_a = np.zeros(c, a.dtype) if shift_a is None else _per_channel(shift_a, a.dtype, c)
+    shift_b = shift_a if shift_b is None else _per_channel(shift_b, a.dtype, c)
+    partial_a, partial_ab = np.zeros((n, c)), np.zeros((n, c))
+    if a.size:
+        _run(_channel_sums, n * c, a.size, a3, b3, shift_a, shift_b, partial_a, partial_ab)
+    return partial_a.sum(axis=0).astype(a.dtype), partial_ab.sum(axis=0).astype(a.dtype)
+
+
+def channel_affine(x, mean, scale, shift):
+    """(x - mean[c]) * scale[c] + shift[c] over (N, C, ...)."""
+    n, c = x.shape[:2]
+    y = np.empty(x.shape, dtype=x.dtype)
+    if y.size:
+        _run(_channel_affine, n * c, y.size, _channels(x), *(_per_channel(v, x.dtype, c) for v in (mean, scale, shift)),
+             y.reshape(n, c, -1))
+    return y
+
+
+def batch_norm_input_grad(g, x, mean, gain, slope, offset):
+    """g * gain[c] - (x - mean[c]) * slope[c] - offset[c] over (N, C, ...)."""
+    n, c = x.shape[:2]
+    dx = np.empty(x.shape, dtype=x.dtype)
+    if dx.size:
+        _run(_batch_norm_input_grad, n * c, dx.size, _channels(g, x.dtype), _channels(x),
+             *(_per_channel(v, x.dtype, c) for v in (mean, gain, slope, offset)), dx.reshape(n, c, -1))
+    return dx
+
+
+def relu(x):
+    """max(x, 0) (NaN stays NaN, as ``numpy.maximum``)."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    _run(_relu, y.size, y.size, _c(x).reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_grad(g, y):
+    """g where y > 0, else 0: ReLU's backward from its output."""
+    dx = np.empty(y.shape, dtype=y.dtype)
+    _run(_relu_grad, dx.size, dx.size, _c(g, y.dtype).reshape(-1), _c(y).reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def sgd_update(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One SGD step in place on contiguous ``param`` (and ``buf``, the momentum buffer, unless momentum is 0)."""
+    t = param.dtype.type
+    flat = param.reshape(-1)
+    _run(_sgd, flat.size, flat.size, flat, _c(grad, param.dtype).reshape(-1),
+         flat if buf is None else buf.reshape(-1),
+         t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
+
+
+def _class_weights(class_weight, dtype, classes):
+    return np.ones(classes, dtype) if class_weight is None else _per_channel(class_weight, dtype, classes)
+
+
+def cross_entropy_forward(x, index, valid, class_weight, smoothing):
+    """Per-element loss and log-sum-exp of (N, C, d...) logits; ``index`` has ignored entries at 0."""
+    n, classes = x.shape[:2]
+    loss = np.empty(index.shape, dtype=x.dtype)
+    lse = np.empty(index.shape, dtype=x.dtype)
+    if loss.size:
+        _run(_cross_entropy_forward, loss.size, x.size, _channels(x), _c(index, np.int64).reshape(n, -1),
+             _c(valid).reshape(n, -1), _class_weights(class_weight, x.dtype, classes), x.dtype.type(smoothing),
+             loss.reshape(n, -1), lse.reshape(n, -1))
+    return loss, lse
+
+
+def cross_entropy_backward(x, index, class_weight, lse, factor, smoothing):
+    """Gradient w.r.t. the logits, given the per-element upstream ``factor`` (0 where ignored)."""
+    n, classes = x.shape[:2]
+    weight = _class_weights(class_weight, x.dtype, classes)
+    mean_weight = weight.mean() if class_weight is not None and smoothing else 1.0
+    grad = np.empty(x.shape, dtype=x.dtype)
+    if grad.size:
+        _run(_cross_entropy_backward, n * classes, grad.size, _channels(x), _c(index, np.int64).reshape(n, -1),
+             weight, _c(lse, x.dtype).reshape(n, -1), _c(factor, x.dtype).reshape(n, -1), x.dtype.type(smoothing),
+             x.dtype.type(mean_weight), grad.reshape(n, classes, -1))
+    return grad

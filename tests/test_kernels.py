@@ -1,0 +1,311 @@
+"""The CPU fast paths (minigrad.kernels.cpu, numba) against the generic array code they replace.
+
+Each kernel is called directly and through its op, on float32 and float64, odd shapes and
+every geometry the conv/pooling property tests draw; the reference is the same call with
+``kernels.disabled()``. Also: the switches (``MINIGRAD_CPU_KERNELS=0``) and thread counts.
+(The CUDA kernels are checked in test_cuda_kernels.py, compiled for the host, and on a GPU
+in test_gpu.py.)
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba", reason="the CPU kernels need numba (pip install -e .[cpu]; it is in the test extra)")
+
+import minigrad as mg  # noqa: E402
+import minigrad.functional as F  # noqa: E402
+from minigrad import kernels  # noqa: E402
+from minigrad import threads as threads_module  # noqa: E402
+from minigrad.functional.im2col import col2im, conv_output_size, im2col  # noqa: E402
+from minigrad.kernels import cpu  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+IDS = ["float32", "float64"]
+
+
+def close(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if np.dtype(dtype) == np.float32 else dict(rtol=1e-11, atol=1e-11)
+
+
+def both(fn):
+    """(fast path result, generic result) of ``fn()``."""
+    fast = fn()
+    with kernels.disabled():
+        generic = fn()
+    return fast, generic
+
+
+@pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
+def threads(request, monkeypatch):
+    """Run a test with 1 and with 3 kernel threads; every share is big enough to be split."""
+    monkeypatch.setattr(cpu, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(threads_module, "_threads", request.param)   # the kernels' pool only, not BLAS's
+    yield request.param
+
+
+def test_kernels_are_on_and_found():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    assert kernels.enabled("cpu") and kernels.get("im2col", x) is cpu.im2col
+    assert kernels.get("im2col", x.astype(np.int64)) is None      # integers: generic code
+    assert kernels.get("no_such_kernel", x) is None
+    with kernels.disabled("cpu"):
+        assert kernels.get("im2col", x) is None and not kernels.enabled("cpu")
+    assert kernels.get("im2col", x) is cpu.im2col
+
+
+def test_environment_switch_turns_every_cpu_fast_path_off():
+    code = ("import numpy as np; from minigrad import kernels; x = np.zeros(3, np.float32); "
+            "names = ['im2col', 'col2im', 'max_pool2d', 'channel_sums', 'relu', 'sgd_update', "
+            "'cross_entropy_forward', 'scatter_to_planes', 'matmul']; "
+            "print(kernels.enabled('cpu'), [n for n in names if kernels.get(n, x) is not None])")
+    env = dict(os.environ, MINIGRAD_CPU_KERNELS="0")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "[]"]
+
+
+GEOMETRIES = [  # (shape, kernel, stride, pad_before, dilation, ceil_mode)
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1), False),
+    ((1, 2, 9, 8), (3, 2), (2, 3), (1, 0), (2, 1), True),
+    ((2, 1, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), False),
+    ((1, 4, 8, 9), (4, 4), (2, 2), (1, 1), (1, 1), True),
+    ((1, 2, 3, 11), (2, 5), (1, 3), (0, 2), (1, 2), False),
+    ((3, 2, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1), False),       # all padding but the centre
+    ((1, 2, 40, 36), (16, 16), (8, 8), (4, 4), (1, 1), False),   # FCN-8s's upsampling
+]
+
+
+def _out_size(shape, kernel, stride, pad, dilation, ceil_mode):
+    return tuple(conv_output_size(s, k, st_, p, d, ceil_mode)
+                 for s, k, st_, p, d in zip(shape[2:], kernel, stride, pad, dilation))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES)
+def test_im2col_and_col2im_match_generic(threads, dtype, shape, kernel, stride, pad, dilation, ceil_mode):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    out = _out_size(shape, kernel, stride, pad, dilation, ceil_mode)
+    for pad_value in (0.0, -np.inf):
+        fast, generic = both(lambda: im2col(x, kernel, stride, pad, dilation, out, pad_value))
+        np.testing.assert_array_equal(fast, generic)
+    workspace = np.full(generic.size + 5, np.nan, dtype)[:generic.size]
+    folded = cpu.im2col(x, kernel, stride, pad, dilation, out, -np.inf, out=workspace, folded=True)
+    np.testing.assert_array_equal(folded, generic.transpose(1, 2, 3, 0, 4, 5))
+    assert np.shares_memory(folded, workspace)
+
+    col = rng.standard_normal(generic.shape).astype(dtype)
+    fast, generic = both(lambda: col2im(col, shape[2:], stride, pad, dilation))
+    np.testing.assert_allclose(fast, generic, **close(dtype))
+    start = rng.standard_normal(shape).astype(dtype)
+    for target in (lambda a: a, lambda a: a[:, :, 1:]):   # the whole image, a block of its rows
+        if shape[2] == 1 and target(start).shape[2] == 0:
+            continue
+        rows = target(start).shape[2]
+        fast_out, generic_out = start.copy(), start.copy()
+        cpu.col2im(col, (rows, shape[3]), stride, pad, dilation, out=target(fast_out))
+        with kernels.disabled():
+            col2im(col, (rows, shape[3]), stride, pad, dilation, out=target(generic_out))
+        np.testing.assert_allclose(fast_out, generic_out, **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape,kernel,stride,pad,dilation,ceil_mode", GEOMETRIES)
+def test_max_pool_and_unpool_match_generic(threads, dtype, shape, kernel, stride, pad, dilation, ceil_mode):
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        pytest.skip("max_pool2d refuses padding > kernel_size // 2, as PyTorch does")
+    rng = np.random.default_rng(1)
+    data = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dtype)  # coarse values: many ties
+    data.flat[::7] = np.nan if shape[2] > 3 else 0.0
+    data.flat[1::5] = -np.inf
+
+    def pool():
+        x = mg.tensor(data, requires_grad=True)
+        values, indices = F.max_pool2d(x, kernel, stride, pad, dilation, ceil_mode, return_indices=True)
+        g = np.arange(values.numel(), dtype=dtype).reshape(values.shape) % 5
+        values.backward(mg.tensor(g))   # the max-pool gradient is max_unpool2d's scatter
+        return values.numpy(), indices.numpy(), x.grad.numpy()
+    for fast, generic in zip(*both(pool)):
+        np.testing.assert_array_equal(fast, generic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_scatter_and_gather_match_generic(threads, dtype, accumulate):
+    from minigrad.functional.pooling import _gather_from_planes, _scatter_to_planes
+    rng = np.random.default_rng(2)
+    n, c, h, w, length = 2, 3, 5, 7, 11
+    values = rng.standard_normal((n, c, length)).astype(dtype)
+    if accumulate:
+        switches = rng.integers(0, h * w, (n, c, length))            # repeats add up
+    else:
+        switches = np.stack([rng.permutation(h * w)[:length] for _ in range(n * c)]).reshape(n, c, length)
+    fast, generic = both(lambda: _scatter_to_planes(values, switches, (h, w), disjoint=not accumulate))
+    np.testing.assert_allclose(fast, generic, **close(dtype))
+    planes = rng.standard_normal((n, c, h, w)).astype(dtype)
+    fast, generic = both(lambda: _gather_from_planes(planes, switches))
+    np.testing.assert_array_equal(fast, generic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 7, 3), (1, 1, 9), (3, 2, 1, 1)], ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_generic(threads, dtype, shape, training):
+    rng = np.random.default_rng(3)
+    c = shape[1]
+    data = (rng.standard_normal(shape) * 3 + 10).astype(dtype)   # an offset mean: the two-pass variance
+    upstream = rng.standard_normal(shape).astype(dtype)
+    running = rng.random(c) + 0.5
+
+    def run():
+        x = mg.tensor(data, requires_grad=True)
+        weight = mg.tensor(rng.standard_normal(c).astype(dtype), requires_grad=True)
+        bias = mg.tensor(rng.standard_normal(c).astype(dtype), requires_grad=True)
+        mean, var = mg.tensor(running.astype(dtype)), mg.tensor(running.astype(dtype))
+        out = F.batch_norm(x, mean, var, weight, bias, training=training)
+        out.backward(mg.tensor(upstream))
+        return out.numpy(), x.grad.numpy(), weight.grad.numpy(), bias.grad.numpy(), mean.numpy(), var.numpy()
+    seed_state = rng.bit_generator.state
+    fast = run()
+    rng.bit_generator.state = seed_state
+    with kernels.disabled():
+        generic = run()
+    for a, b in zip(fast, generic):
+        np.testing.assert_allclose(a, b, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_channel_sums_do_not_depend_on_the_thread_count(monkeypatch):
+    monkeypatch.setattr(cpu, "_MIN_PARALLEL", 0)
+    a = np.random.default_rng(4).standard_normal((5, 3, 77)).astype(np.float32)
+    results = []
+    for n in (1, 2, 4):
+        monkeypatch.setattr(threads_module, "_threads", n)
+        results.append(cpu.channel_sums(a, a, np.ones(3, np.float32)))
+    for sums in results[1:]:
+        np.testing.assert_array_equal(sums[0], results[0][0])
+        np.testing.assert_array_equal(sums[1], results[0][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_relu_matches_generic(threads, dtype):
+    data = np.array([-2.0, -0.0, 0.0, 3.0, np.nan, np.inf, -np.inf] * 5, dtype).reshape(5, 7)
+    upstream = np.arange(35, dtype=dtype).reshape(5, 7)
+
+    def run():
+        x = mg.tensor(data, requires_grad=True)
+        out = F.relu(x)
+        out.backward(mg.tensor(upstream))
+        return out.numpy(), x.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_array_equal(fast, generic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_matches_generic(threads, dtype, smoothing, weighted, reduction):
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((3, 5, 4, 3)) * 4).astype(dtype)
+    target = rng.integers(0, 5, (3, 4, 3))
+    target[0, 1] = 255
+    weight = mg.tensor(rng.random(5).astype(dtype) + 0.5) if weighted else None
+    upstream = rng.standard_normal((3, 4, 3)).astype(dtype) if reduction == "none" else None
+
+    def run():
+        x = mg.tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(x, mg.tensor(target), weight=weight, ignore_index=255,
+                               reduction=reduction, label_smoothing=smoothing)
+        loss.backward(None if upstream is None else mg.tensor(upstream))
+        return loss.numpy(), x.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("options", [dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True),
+                                     dict(momentum=0.5, dampening=0.3), dict()], ids=str)
+def test_sgd_update_matches_generic(threads, dtype, options):
+    rng = np.random.default_rng(6)
+    start = rng.standard_normal((3, 4, 5)).astype(dtype)
+    grads = [rng.standard_normal(start.shape).astype(dtype) for _ in range(3)]
+
+    def run():
+        p = mg.nn.Parameter(mg.tensor(start.copy()))
+        opt = mg.optim.SGD([p], lr=0.1, **options)
+        for g in grads:
+            p.grad = mg.tensor(g)
+            opt.step()
+        return p.numpy()
+    fast, generic = both(run)
+    np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
+# -------------------------------------------------------------- whole convolutions, property-drawn
+@st.composite
+def conv_problems(draw):
+    """The geometries test_conv.py's properties draw, with float32 or float64."""
+    groups = draw(st.integers(1, 2))
+    c, o = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 6))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 6))
+    return dict(n=draw(st.integers(1, 3)), c=c, o=o, h=h, w=w, kernel=(kh, kw), groups=groups,
+                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), seed=draw(st.integers(0, 2 ** 31)),
+                dtype=draw(st.sampled_from(DTYPES)), budget=draw(st.sampled_from([None, 1])))
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_problems())
+def test_conv_and_transposed_conv_match_generic(p):
+    from minigrad.functional import conv as conv_module
+    rng = np.random.default_rng(p["seed"])
+    dtype, g = p["dtype"], p["groups"]
+    x_data = rng.standard_normal((p["n"], p["c"], p["h"], p["w"])).astype(dtype)
+    w_conv = rng.standard_normal((p["o"], p["c"] // g) + p["kernel"]).astype(dtype)
+    w_transposed = rng.standard_normal((p["c"], p["o"] // g) + p["kernel"]).astype(dtype)
+    kwargs = dict(stride=p["stride"], padding=p["padding"], dilation=p["dilation"], groups=g)
+    transposed_size = [(size - 1) * s - 2 * pad + d * (k - 1) + 1 for size, s, pad, d, k in zip(
+        (p["h"], p["w"]), p["stride"], p["padding"], p["dilation"], p["kernel"])]
+
+    def run(op, w_data):
+        x, w = mg.tensor(x_data, requires_grad=True), mg.tensor(w_data, requires_grad=True)
+        out = op(x, w)
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return out.numpy(), x.grad.numpy(), w.grad.numpy()
+    cases = [(F.conv2d, w_conv)]
+    if min(transposed_size) >= 1:
+        cases.append((F.conv_transpose2d, w_transposed))
+    previous = conv_module.set_im2col_budget(p["budget"] or 2 ** 22)   # 1 byte: tiles of one output row
+    try:
+        for op, w_data in cases:
+            fast, generic = both(lambda: run(lambda x, w: op(x, w, **kwargs), w_data))
+            for a, b in zip(fast, generic):
+                np.testing.assert_allclose(a, b, **close(dtype))
+    finally:
+        conv_module.set_im2col_budget(previous)
+
+
+def test_set_num_threads_sets_openblas_and_the_kernel_pool():
+    from minigrad import threads
+    previous = mg.get_num_threads()
+    try:
+        mg.set_num_threads(1)
+        assert mg.get_num_threads() == 1
+        if threads.openblas_function("get_num_threads") is not None:   # NumPy's wheels ship OpenBLAS
+            assert threads.openblas_threads() == 1
+        mg.set_num_threads(2)
+        assert mg.get_num_threads() == 2 and threads.openblas_threads() in (None, 2)
+        for bad in (0, -2, "two"):
+            with pytest.raises(ValueError, match="set_num_threads: n must be a positive int"):
+                mg.set_num_threads(bad)
+    finally:
+        mg.set_num_threads(previous)
