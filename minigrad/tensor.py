@@ -293,6 +293,11 @@ def queue_callback(callback):
     _end_callbacks.append(callback)
 
 
+def callback_queued(callback):
+    """Whether ``callback`` waits to run at the end of the backward in progress."""
+    return any(c == callback for c in _end_callbacks)
+
+
 class _HookHandle:
     def __init__(self, hooks, hook):
         self._hooks, self._hook = hooks, hook

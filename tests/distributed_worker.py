@@ -119,6 +119,23 @@ def run_case(case, path):
             out = out + (net.unused(minigrad.tensor(np.ones((1, 2)))) ** 2).sum()
         out.backward()
         results["partly_used/grad"] = net.unused.bias.grad.numpy()
+        # a backward that raises after some buckets started: the next backward averages as usual
+        net = make_net(False)
+        model = DistributedDataParallel(net, bucket_cap_mb=1e-6)
+        armed = [True]
+
+        def boom(_):
+            if armed.pop() if armed else False:
+                raise RuntimeError("boom")
+        net.conv1.weight.register_post_accumulate_grad_hook(boom)  # reached last: the others have started
+        x, y = minigrad.tensor(images[0][rank::world]), minigrad.tensor(masks[0][rank::world])
+        try:
+            F.cross_entropy(model(x), y).backward()
+        except RuntimeError:
+            pass
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        results["recovered/grad"] = net.conv1.weight.grad.numpy()
     elif case == "uneven":
         # 7 images over 2 ranks, padded by repetition: both ranks take 4, in batches of 3 and 1
         from segnets.data.loader import DataLoader

@@ -335,3 +335,24 @@ def test_train_cli_without_mpi4py_says_what_to_install(tmp_path):
     assert result.returncode == 2
     assert "error: this launch of 2 processes needs mpi4py" in result.stderr
     assert 'pip install -e ".[mpi]"' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_backward_that_raises_runs_none_of_its_queued_callbacks():
+    from minigrad.tensor import _end_callbacks
+    x = minigrad.tensor([1.0, 2.0], requires_grad=True)
+    ran = []
+
+    def fail(t):
+        queue_callback(lambda: ran.append(1))
+        raise RuntimeError("hook failed")
+    x.register_post_accumulate_grad_hook(fail)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        (x * 2).sum().backward()
+    assert not _end_callbacks and not ran
+
+
+def test_ddp_averages_again_after_a_backward_that_raised_half_way(equal_results):
+    net = worker.make_net(False)
+    images, masks = worker.make_data()
+    F.cross_entropy(net(minigrad.tensor(images[0])), minigrad.tensor(masks[0])).backward()
+    np.testing.assert_allclose(equal_results["recovered/grad"], net.conv1.weight.grad.numpy(), rtol=1e-12, atol=1e-15)

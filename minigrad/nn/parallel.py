@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, no_grad, queue_callback
+from ..tensor import Tensor, callback_queued, no_grad, queue_callback
 from .module import Module
 
 
@@ -162,7 +162,8 @@ class DistributedDataParallel(Module):
         def hook(_param):
             if not self._require_sync:
                 return
-            if not self._in_backward:
+            if not self._in_backward or not callback_queued(self._finish_backward):
+                self._reset()  # the first gradient of this backward (an earlier one may have raised half-way)
                 self._in_backward = True
                 queue_callback(self._finish_backward)
             bucket.ready += 1
@@ -196,10 +197,13 @@ class DistributedDataParallel(Module):
                 bucket.work = None
                 bucket.unpack(self.world_size)
         finally:
-            for bucket in self._buckets:
-                bucket.ready = 0
-            self._next_bucket = 0
-            self._in_backward = False
+            self._reset()
+
+    def _reset(self):
+        for bucket in self._buckets:
+            bucket.ready, bucket.work = 0, None
+        self._next_bucket = 0
+        self._in_backward = False
 
     def extra_repr(self):
         return f"world_size={self.world_size}, buckets={len(self._buckets)}, bucket_cap_mb={self.bucket_cap_mb}"
