@@ -93,7 +93,8 @@ class Cluster:
         if before is not None and before != self.world_size:
             print(f"resuming a run of {before} process(es) on {self.world_size}: the weights and optimizer state "
                   f"are loaded, the data is re-sharded (global batch {settings['batch_size']} x {self.world_size} "
-                  f"instead of x {before})", flush=True)
+                  f"instead of x {before}; the steps per epoch change with it, and a per-step lr schedule (poly) "
+                  "continues from its step count over the new total)", flush=True)
         settings["world_size"] = self.world_size
         settings["global_batch_size"] = settings["batch_size"] * self.world_size
         gpu = backend.normalize_device(settings["device"]) == "gpu"

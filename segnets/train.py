@@ -49,6 +49,9 @@ first epoch and after every epoch. Ctrl-C (and SIGTERM):
     checkpoint is written again); checkpoint_last.npz keeps the last safe state.
 A NaN or inf loss stops the run before that step's update, naming the epoch and
 iteration, and saves nothing over the last good checkpoint.
+
+Data parallelism: ``mpiexec -n N python -m segnets.train ...`` runs the same loop on N
+processes, each on its share of every global batch (segnets/distributed.py: Cluster).
 """
 import json
 import math
@@ -57,6 +60,7 @@ import time
 
 from tqdm import tqdm
 
+import minigrad
 import minigrad.functional as F
 
 from .checkpoint import CheckpointError, load_model_state
@@ -99,6 +103,8 @@ def main(argv=None):
         check_device(args.device or "cpu")
     except RuntimeError as e:
         return cluster.fail(e, 2)
+    if args.threads is not None:
+        minigrad.set_num_threads(args.threads)
     try:
         settings, checkpoint = resolve_settings(args)
         cluster.start(settings, checkpoint)
