@@ -110,6 +110,9 @@ def build_parser():
     p.add_argument("--net", choices=NETS, help="network to train (required unless --resume)")
     p.add_argument("--device", type=device_flag, help="where to run: cpu (NumPy), gpu (CuPy; under mpiexec each "
                    "process takes GPU <its rank on the machine> %% <GPUs>) or gpu:K (GPU K) [default: cpu]")
+    p.add_argument("--threads", type=POSITIVE_INT,
+                   help="CPU threads for minigrad (minigrad.set_num_threads: NumPy's OpenBLAS and the CPU "
+                        "kernels), as torch.set_num_threads [default: every core]")
     p.add_argument("--distributed", choices=("auto", "none", "mpi", "nccl"), default="auto",
                    help="data parallelism over the processes of an MPI launch (mpiexec -n N python -m "
                         "segnets.train ...; --batch-size is per process): auto = on when launched with more "

@@ -142,6 +142,18 @@ def test_help_lists_every_flag():
         assert flag in result.stdout, flag
 
 
+def test_threads_flag_sets_minigrads_threads(tmp_path, monkeypatch, capsys):
+    previous = minigrad.get_num_threads()
+    try:
+        assert train_mod.main(tiny_args(tmp_path / "run", extra=["--threads", "1"])) == 0
+        assert minigrad.get_num_threads() == 1
+    finally:
+        minigrad.set_num_threads(previous)
+    with pytest.raises(SystemExit) as stop:
+        train_mod.main(tiny_args(tmp_path / "bad", extra=["--threads", "0"]))
+    assert stop.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
 def test_gpu_without_cupy_fails_at_once_with_a_clear_message(tmp_path):
     if minigrad.backend.gpu_available():
         pytest.skip("a GPU is present: the no-GPU error cannot be shown here")
