@@ -11,7 +11,7 @@ from minigrad.functional import conv as conv_module
 from minigrad.functional import conv2d, conv_transpose2d
 from minigrad.functional.im2col import conv_output_size, conv_transpose_output_size
 from minigrad.gradcheck import gradcheck
-from tests.helpers import require_torch
+from tests.helpers import more_examples, require_torch
 
 
 def t(values, requires_grad=False, dtype=np.float64):
@@ -216,6 +216,7 @@ def test_conv_transpose2d_gradcheck_property(p):
     gradcheck(lambda y, w, b: conv_transpose2d(y, w, b, output_padding=_output_padding(p), **kwargs), [y, w, b])
 
 
+@more_examples(3)
 @given(conv_problems())
 def test_adjoint_identity(p):
     """<conv2d(x, W), y> = <x, conv_transpose2d(y, W)> with the same W."""

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from minigrad import kernels
 from minigrad.functional.im2col import (col2im, col2im_wide, conv_output_size, conv_transpose_output_size, im2col,
                                         pair, wide_width, window_view)
-from tests.helpers import require_torch
+from tests.helpers import more_examples, require_torch
 
 
 # ---------------------------------------------------------------------------- sizes
@@ -118,6 +118,7 @@ def geometries(draw):
                 out_size=out, input_size=(h, w))
 
 
+@more_examples(5)
 @given(geometries(), st.integers(0, 2 ** 31))
 def test_col2im_is_the_adjoint_of_im2col(geom, seed):
     rng = np.random.default_rng(seed)
@@ -186,6 +187,7 @@ def test_col2im_wide_by_hand():
 
 
 @pytest.mark.torch
+@more_examples(5)
 @given(geometries(), st.integers(0, 2 ** 31))
 def test_im2col_and_col2im_match_torch_unfold_and_fold(geom, seed):
     torch = require_torch()
@@ -278,6 +280,7 @@ def test_im2col_right_padding_with_stride_unlike_dilation_matches_torch(kernel, 
     np.testing.assert_allclose(col2im(c, size, stride, padding, dilation), folded, rtol=1e-12, atol=1e-12)
 
 
+@more_examples(5)
 @given(geometries())
 def test_window_view_reads_only_its_buffer(geom):
     x = np.zeros((2, 3) + geom["input_size"])

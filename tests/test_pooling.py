@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import minigrad as mg
 import minigrad.functional as F
 from minigrad.gradcheck import gradcheck
-from tests.helpers import distinct_values, require_torch
+from tests.helpers import distinct_values, more_examples, require_torch
 
 
 def T(array, requires_grad=False):
@@ -317,6 +317,7 @@ def pool_geometry(draw, dilations=True, non_overlapping=False):
     return shape, dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
 
 
+@more_examples(3)  # 40 derandomized examples missed windows that share a dilated maximum
 @given(pool_geometry(), st.integers(0, 2**16))
 def test_max_pool_matches_reference_and_gradcheck(geometry, seed):
     shape, kwargs = geometry
@@ -329,6 +330,7 @@ def test_max_pool_matches_reference_and_gradcheck(geometry, seed):
     assert gradcheck(lambda t: F.max_pool2d(t, **kwargs), [T(x, requires_grad=True)])
 
 
+@more_examples(3)
 @given(pool_geometry(), st.integers(0, 2**16))
 def test_unpool_of_pool_keeps_window_maxima_at_their_switches(geometry, seed):
     shape, kwargs = geometry
