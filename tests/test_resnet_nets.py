@@ -331,3 +331,15 @@ def test_heads_export_to_onnx(name, options):
         None, {"low": low, "high": high})
     assert got.shape == ref.shape == (2, 3, 36, 40)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_init_weights_file_with_torchvision_resnet_keys(tmp_path, capsys):
+    """``--init-weights resnet101.npz`` (torchvision's keys, saved with np.savez) fills the backbone."""
+    from segnets.run import load_initial_weights
+    state = _torchvision_resnet_state(101, 1, np.random.default_rng(6))
+    np.savez(tmp_path / "resnet101.npz", **state)
+    model = segnets.build_model("deeplabv3plus_resnet101", 3, width=1)
+    missing = load_initial_weights(model, str(tmp_path / "resnet101.npz"))
+    assert missing and not [k for k in missing if k.startswith("backbone.")]
+    np.testing.assert_array_equal(model.backbone.layer2[3].conv3.weight.numpy(), state["layer2.3.conv3.weight"])
+    assert "; 2 in the file unused" in capsys.readouterr().out  # fc.weight, fc.bias
