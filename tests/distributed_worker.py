@@ -61,6 +61,12 @@ def reference(batch_norm):
     return {k: v.numpy() for k, v in net.state_dict().items()}
 
 
+def _reduced(dist, tensor, op):
+    work = dist.all_reduce(tensor, op, async_op=True)
+    work.wait()
+    return tensor.numpy()
+
+
 def run_case(case, path):
     import minigrad.distributed as dist
     from minigrad.nn.parallel import DistributedDataParallel
@@ -80,6 +86,18 @@ def run_case(case, path):
         for key, value in net.state_dict().items():
             results[f"sync_bn/{key}"] = value.numpy()
     elif case == "equal":
+        # the collectives themselves, on values each rank knows the others' of
+        for op in ("sum", "mean", "max"):  # in place: a fresh tensor each
+            results[f"op/{op}"] = _reduced(dist, minigrad.tensor(np.array([1.0, -2.0, 3.0]) * (rank + 1)), op)
+        results["op/int_mean"] = _reduced(dist, minigrad.tensor(np.array([3, 4]) + rank), "mean")
+        strided = np.arange(6.0).reshape(2, 3) * (rank + 1)
+        view = strided.T  # not contiguous: reduced through a copy, written back
+        dist.all_reduce(view)
+        results["op/strided"] = strided
+        box = [f"from rank {rank}"]
+        dist.broadcast_object_list(box, src=1)
+        results["op/object"] = np.array(box[0])
+        dist.barrier()
         images, masks = make_data()
         for name, batch_norm, cap in (("plain", False, 25), ("sync_bn", True, 25), ("local_bn", True, 25),
                                       ("tiny_buckets", False, 1e-6), ("one_bucket", True, 1000)):

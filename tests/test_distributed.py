@@ -73,6 +73,15 @@ def _assert_same_state(results, name, reference):
         assert float(np.max(np.abs(got - value))) / scale <= 1e-10, f"{name}: {key} differs"
 
 
+def test_collectives_over_two_ranks(equal_results):
+    np.testing.assert_array_equal(equal_results["op/sum"], [3.0, -6.0, 9.0])
+    np.testing.assert_array_equal(equal_results["op/mean"], [1.5, -3.0, 4.5])
+    np.testing.assert_array_equal(equal_results["op/max"], [2.0, -2.0, 6.0])
+    np.testing.assert_array_equal(equal_results["op/int_mean"], [3, 4])  # (3 + 4) // 2, (4 + 5) // 2
+    np.testing.assert_array_equal(equal_results["op/strided"], np.arange(6.0).reshape(2, 3) * 3)
+    assert str(equal_results["op/object"]) == "from rank 1"
+
+
 @pytest.mark.parametrize("name, batch_norm", [("plain", False), ("sync_bn", True),
                                               ("tiny_buckets", False), ("one_bucket", True)])
 def test_two_processes_train_like_one_with_twice_the_batch(equal_results, name, batch_norm):

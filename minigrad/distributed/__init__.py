@@ -115,6 +115,14 @@ class Work:
         return self._request is None and self._finish is None
 
 
+def _divide(array, count):
+    """In place; integer arrays round toward minus infinity (floor division), as they must stay integers."""
+    if array.dtype.kind == "f":
+        array /= count
+    else:
+        array //= count
+
+
 # ---------------------------------------------------------------------------- process groups
 class _MPIGroup:
     """Collectives on an mpi4py communicator, on the arrays' buffers."""
@@ -146,7 +154,7 @@ class _MPIGroup:
 
         def finish():
             if op == ReduceOp.MEAN:
-                buffer[...] /= self.size
+                _divide(buffer, self.size)
             if copy_back is not None:
                 copy_back()
         return Work(request, finish)
@@ -208,7 +216,7 @@ class _NCCLGroup:
         nccl_op = nccl.NCCL_MAX if op == ReduceOp.MAX else nccl.NCCL_SUM
         self.comm.allReduce(array.data.ptr, array.data.ptr, array.size, dtype, nccl_op, stream)
         if op == ReduceOp.MEAN:
-            array /= self.size  # queued on the same stream, after the reduction
+            _divide(array, self.size)  # queued on the same stream, after the reduction
         return Work()  # stream-ordered: later work on the stream sees the result
 
     def broadcast(self, array, src):
