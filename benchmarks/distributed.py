@@ -114,7 +114,9 @@ def launch(net, size, processes, threads, bucket_mb, steps, global_batch):
                "--steps", str(steps), "--global-batch", str(global_batch)]
     if processes > 1:
         from tests.test_distributed import mpiexec_command
-        command = [mpiexec_command()[0], "-n", str(processes)] + command
+        launcher = list(mpiexec_command())  # [mpiexec, -n, 2, Open MPI's flags if that is the MPI]
+        launcher[launcher.index("-n") + 1] = str(processes)
+        command = launcher + command
     result = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, env=env, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
