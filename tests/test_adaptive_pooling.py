@@ -128,10 +128,10 @@ def test_gradcheck(rng, shape, output_size):
 
 
 # ------------------------------------------------------------------ properties
-@given(h=st.integers(1, 9), w=st.integers(1, 9), oh=st.integers(1, 11), ow=st.integers(1, 11),
+@given(h=st.integers(1, 7), w=st.integers(1, 7), oh=st.integers(1, 9), ow=st.integers(1, 9),
        seed=st.integers(0, 2 ** 16))
 def test_matches_reference_loops_and_gradcheck(h, w, oh, ow, seed):
-    x = distinct_values(np.random.default_rng(seed), (2, 2, h, w))
+    x = distinct_values(np.random.default_rng(seed), (1, 2, h, w))
     mean, _ = reference_adaptive(x, (oh, ow), np.mean)
     top, where = reference_adaptive(x, (oh, ow), "max")
     np.testing.assert_allclose(F.adaptive_avg_pool2d(T(x), (oh, ow)).numpy(), mean, rtol=1e-12, atol=1e-15)
