@@ -135,10 +135,9 @@ def _interpolate_not_4d(sample):
 
 REFUSED = [
     # (op, which samples, why, what the error must say)
-    ("nn.functional.interpolate.nearest", _interpolate_not_4d,
-     "resampling is 2-D only: (N, C, H, W); 3-D and 5-D inputs are 1-D and 3-D resampling", r"must be 4-D \(N, C, H, W\)"),
-    ("nn.functional.interpolate.nearest-exact", _interpolate_not_4d,
-     "resampling is 2-D only: (N, C, H, W); 3-D and 5-D inputs are 1-D and 3-D resampling", r"must be 4-D \(N, C, H, W\)"),
+    *[(f"nn.functional.interpolate.{mode}", _interpolate_not_4d,
+       "resampling is 2-D only: (N, C, H, W); 3-D and 5-D inputs mean 1-D and 3-D resampling",
+       r"must be 4-D \(N, C, H, W\)") for mode in ("nearest", "nearest-exact")],
     ("nn.functional.batch_norm", lambda sample: sample.input.ndim < 2,
      "a 1-D input has no channel axis; batch_norm takes (N, C) or (N, C, d1, ...)", r"\(N, C\) or \(N, C, d1"),
     ("nn.functional.batch_norm.without_cudnn", lambda sample: sample.input.ndim < 2,
@@ -195,7 +194,8 @@ def _describe(sample, torch):
         if isinstance(v, (list, tuple)):
             return type(v)(short(i) for i in v)
         return v
-    return f"input={short(sample.input)} args={short(sample.args)} kwargs={ {k: short(v) for k, v in sample.kwargs.items()} }"
+    kwargs = {k: short(v) for k, v in sample.kwargs.items()}
+    return f"input={short(sample.input)} args={short(sample.args)} kwargs={kwargs}"
 
 
 def _unpool_by_our_rule(input, indices, kernel_size, stride=None, padding=0, output_size=None):

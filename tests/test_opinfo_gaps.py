@@ -39,7 +39,8 @@ def test_linear_gradcheck(rng, shape, bias):
        seed=st.integers(0, 2 ** 16))
 def test_linear_is_x_times_w_transposed_plus_b(lead, features, out, seed):
     rng = np.random.default_rng(seed)
-    x, w, b = rng.standard_normal(tuple(lead) + (features,)), rng.standard_normal((out, features)), rng.standard_normal(out)
+    x = rng.standard_normal(tuple(lead) + (features,))
+    w, b = rng.standard_normal((out, features)), rng.standard_normal(out)
     np.testing.assert_allclose(F.linear(T(x), T(w), T(b)).numpy(), x @ w.T + b, rtol=1e-12, atol=1e-12)
     layer = nn.Linear(features, out)
     layer.weight.data[...], layer.bias.data[...] = w, b

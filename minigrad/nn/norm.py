@@ -1,4 +1,5 @@
-"""BatchNorm2d and BatchNorm1d: affine parameters, running statistics and PyTorch's momentum rule around ``F.batch_norm``."""
+"""BatchNorm2d and BatchNorm1d: affine parameters, running statistics and PyTorch's momentum rule
+around ``F.batch_norm``."""
 import numpy as np
 
 from .. import functional as F
