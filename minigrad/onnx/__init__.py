@@ -20,7 +20,7 @@ batch_norm (running statistics), relu, leaky_relu, sigmoid, tanh, softmax,
 log_softmax, dropout (removed: eval mode), interpolate (nearest, nearest-exact,
 bilinear), cat, stack, pad (constant), indexing with ints/slices/None/...,
 reshape/flatten/squeeze/unsqueeze/permute/transpose/expand, the arithmetic
-operators, comparisons, clamp, where, maximum, matmul, exp/log/sqrt/abs/neg,
+operators, comparisons, clamp, where, maximum, minimum, matmul, linear, exp/log/sqrt/abs/neg,
 sum/mean/max/min/argmax, dtype casts. Anything else on the traced path raises
 ``UnsupportedOperatorError`` naming the op and the line that called it.
 """

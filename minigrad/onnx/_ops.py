@@ -300,13 +300,24 @@ def _interpolate(g, a, out):
 def _binary(op_type):
     def convert(g, a, out):
         dtype = _dtype(out)
-        return g.node(op_type, [_operand(g, a["a"], dtype), _operand(g, a["b"], dtype)])
+        b = _operand(g, a["b"], dtype)
+        if a.get("alpha", 1) != 1:  # add/sub: a + alpha * b
+            b = g.node("Mul", [b, g.scalar(a["alpha"], dtype)])
+        return g.node(op_type, [_operand(g, a["a"], dtype), b])
     return convert
 
 
 for _name, _op in (("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "Div"), ("pow", "Pow"),
-                   ("matmul", "MatMul"), ("maximum", "Max")):
+                   ("matmul", "MatMul"), ("maximum", "Max"), ("minimum", "Min")):
     CONVERTERS[_name] = _binary(_op)
+
+
+@converter("linear")
+def _linear(g, a, out):
+    weight, bias = a["weight"], a["bias"]
+    w = g.value(weight) if weight.ndim == 1 else g.node("Transpose", [g.value(weight)], perm=[1, 0])
+    y = g.node("MatMul", [g.value(a["input"]), w])
+    return y if bias is None else g.node("Add", [y, g.value(bias)])
 
 
 def _compare(op_type, negate=False):
@@ -334,6 +345,12 @@ for _name, _op in (("neg", "Neg"), ("abs", "Abs"), ("exp", "Exp"), ("log", "Log"
 @converter("clamp")
 def _clamp(g, a, out):
     dtype = _dtype(out)
+    if isinstance(a["min"], Tensor) or isinstance(a["max"], Tensor):  # Clip takes scalar bounds only
+        y = g.value(a["a"])
+        for bound, op_type in ((a["min"], "Max"), (a["max"], "Min")):
+            if bound is not None:
+                y = g.node(op_type, [y, _operand(g, bound, dtype)])
+        return y
     bounds = ["" if v is None else _operand(g, v, dtype) for v in (a["min"], a["max"])]
     return g.node("Clip", [g.value(a["a"])] + bounds)
 
@@ -373,6 +390,8 @@ def _axes_of(dim, ndim):
 def _reduction(op_type):
     def convert(g, a, out):
         x = a["input"]
+        if isinstance(a["dim"], Tensor):  # torch.max(a, b): the elementwise maximum
+            return g.node("Max" if op_type == "ReduceMax" else "Min", [g.value(x), g.value(a["dim"])])
         axes = _axes_of(a["dim"], x.ndim)
         y = g.reduce(op_type, g.value(x), axes, a["keepdim"])
         if op_type in ("ReduceMax", "ReduceMin") and axes is not None:  # (values, indices), like torch.max(x, dim)
