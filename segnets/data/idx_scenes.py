@@ -122,8 +122,8 @@ class IdxScenes(SegmentationDataset):
         self.data_dir = _resolve_dir(data_dir)
         self.split, self.seed = split, int(seed)
         self.canvas = (int(canvas), int(canvas)) if np.isscalar(canvas) else tuple(map(int, canvas))
-        if min(self.canvas) < ITEM:
-            raise ValueError(f"idx-scenes: canvas must be at least {ITEM}x{ITEM}, got {canvas!r}")
+        if min(self.canvas) < ITEM or max(self.canvas) > 4096:
+            raise ValueError(f"idx-scenes: canvas must be {ITEM}..4096 pixels a side, got {canvas!r}")
         self.threshold, self.max_items = float(threshold) * 255.0, int(max_items)
         self.length = int(num_train if split == "train" else num_val)
         if self.length <= 0:

@@ -32,6 +32,9 @@ SHAPE_CLASSES = ["background", "circle", "square", "triangle", "cross", "ring"]
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 
+MAX_SIZE = 4096  # generated images are held in memory: a bound that stops a typo (image_size=1e9) early
+
+
 class ShapesDataset(SegmentationDataset):
     name = "shapes"
     classes = SHAPE_CLASSES
@@ -41,8 +44,8 @@ class ShapesDataset(SegmentationDataset):
             raise ValueError(f"shapes: split must be 'train' or 'val', got {split!r}")
         self.split, self.seed = split, int(seed)
         self.size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(map(int, image_size))
-        if min(self.size) < 16:
-            raise ValueError(f"shapes: image_size must be at least 16, got {image_size!r}")
+        if min(self.size) < 16 or max(self.size) > MAX_SIZE:
+            raise ValueError(f"shapes: image_size must be 16..{MAX_SIZE}, got {image_size!r}")
         self.length = int(num_train if split == "train" else num_val)
         if self.length <= 0:
             raise ValueError(f"shapes: the {split} split would be empty (num_{split}={self.length})")
