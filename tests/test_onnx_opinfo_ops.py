@@ -53,3 +53,10 @@ def test_exports_match_minigrad(fn):
     x, y = rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
     ref, got = run_both(model, x, y)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_module_exports():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2, bias=False))
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    ref, got = run_both(model, x)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from .. import functional as F
 from . import init
 from .module import Module, Parameter
 
@@ -27,8 +28,7 @@ class Linear(Module):
         if input.shape[-1:] != (self.in_features,):
             raise ValueError(f"Linear: input has shape {input.shape}, its last dim must be "
                              f"in_features={self.in_features}")
-        out = input @ self.weight.T  # F.linear's values; written with @ so ONNX export traces a MatMul
-        return out if self.bias is None else out + self.bias
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
