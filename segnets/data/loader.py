@@ -22,8 +22,9 @@ together hold exactly the items (and augmentations: the generator is seeded by t
 global position) of batch ``k`` of one process with ``num_replicas`` times the batch.
 ``drop_last`` drops the last incomplete *global* batch. ``pad=False`` takes the share
 without repeats (evaluation: every item counted once; ranks may get one batch fewer).
-A state saved with another global batch (``batch_size * num_replicas``) loads at an
-epoch boundary, or mid-epoch where the items handed out fill whole new global batches.
+A state saved with another ``num_replicas`` loads at an epoch boundary, or mid-epoch
+where the items handed out fill whole new global batches (another ``batch_size`` with
+the same ``num_replicas`` is refused, as it would not repeat the same batches).
 
 Batching differently sized images: use ``EvalTransform(size=...)`` or
 ``EvalTransform(multiple=...)`` (pads with ignore) or ``batch_size=1`` for validation;
@@ -100,7 +101,10 @@ class DataLoader:
                                  f"loader has {key}={mine!r}; resuming would not repeat the same batches")
         batch = int(state["batch"])
         old_size, old_replicas = state.get("batch_size", self.batch_size), state.get("num_replicas", 1)
-        if (old_size, old_replicas) != (self.batch_size, self.num_replicas):
+        if old_replicas == self.num_replicas and old_size != self.batch_size:
+            raise ValueError(f"DataLoader.load_state_dict: the state has batch_size={old_size!r} but this loader "
+                             f"has batch_size={self.batch_size!r}; resuming would not repeat the same batches")
+        if old_replicas != self.num_replicas:  # another world size: the same items, re-sharded
             batch = self._rebatched(batch, old_size, old_replicas)
         self._close_active()
         self._epoch_state = copy.deepcopy(state["rng_state"])
