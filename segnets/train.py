@@ -238,7 +238,7 @@ def compute_loss(model, images, masks, class_weights, cluster=None):
     A net with an auxiliary head (``has_aux``: DeepLab v3 and PSPNet with ``aux_loss=True``)
     adds ``model.aux_weight`` times its head's cross-entropy, in training mode only.
     """
-    if model.training and getattr(model, "has_aux", False):
+    if getattr(model, "has_aux", False) and model.training:
         logits, aux = model.forward_with_aux(images)
     else:
         logits, aux = model(images), None
