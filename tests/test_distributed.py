@@ -366,3 +366,12 @@ def test_ddp_averages_again_after_a_backward_that_raised_half_way(equal_results)
     images, masks = worker.make_data()
     F.cross_entropy(net(minigrad.tensor(images[0])), minigrad.tensor(masks[0])).backward()
     np.testing.assert_allclose(equal_results["recovered/grad"], net.conv1.weight.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_train_cli_refuses_distributed_none_under_a_multi_process_launch(tmp_path, monkeypatch, capsys):
+    from segnets import train as train_mod
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert train_mod.main(TINY + ["--distributed", "none", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --distributed none, but the launcher started 2 processes" in err
+    assert not (tmp_path / "o").exists()
