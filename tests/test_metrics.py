@@ -86,6 +86,8 @@ def test_other_ignore_index_and_int_types():
     cm = ConfusionMatrix(3, ignore_index=-1)
     cm.update(np.array([2, 0, 1], np.uint8), np.array([2, -1, 1], np.int32))
     assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
+    cm.update(np.array([[7, 9]]), np.array([[-1, -1]]))  # a batch of ignored pixels only counts nothing
+    assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
 
 
 def test_update_errors_are_readable():

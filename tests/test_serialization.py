@@ -132,6 +132,27 @@ def test_corrupt_file_raises_error_naming_path(tmp_path, damage):
         minigrad.load(path)
 
 
+def test_file_of_another_format_version_is_rejected(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    structure = '{"format": "minigrad-npz-2", "root": {"array": "a0"}}'
+    np.savez(path, a0=np.ones(2), __structure__=np.array(structure))
+    with pytest.raises(RuntimeError, match="ckpt.npz.*unknown format 'minigrad-npz-2'"):
+        minigrad.load(path)
+
+
+def test_segnets_checkpoint_of_another_version_is_refused(tmp_path):
+    from segnets import checkpoint
+    path = tmp_path / "checkpoint.npz"
+    meta = {"model": {"name": "fcn8s"}, "classes": ["a"], "mean": [0.0], "std": [1.0], "ignore_index": 255}
+    checkpoint.save_checkpoint(path, meta, {"w": np.ones(2)})
+    assert checkpoint.load_checkpoint(path)["meta"]["version"] == checkpoint.VERSION
+    payload = minigrad.load(path)
+    payload["meta"] = payload["meta"].replace(f'"version": {checkpoint.VERSION}', f'"version": {checkpoint.VERSION + 1}')
+    minigrad.save(payload, path)
+    with pytest.raises(checkpoint.CheckpointError, match=f"version {checkpoint.VERSION + 1}, this code reads"):
+        checkpoint.load_checkpoint(path)
+
+
 def test_npz_without_structure_is_rejected(tmp_path):
     path = tmp_path / "plain.npz"
     np.savez(path, x=np.ones(2))
