@@ -159,6 +159,12 @@ class Run:
             self.tensorboard = TensorBoardLog(self.out, self.data.classes)
         self.tensorboard.log_epoch(record, grid)
 
+    def close_logs(self):
+        """Close the TensorBoard writer (its events are flushed after every epoch anyway)."""
+        if getattr(self, "tensorboard", None) is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
     def save_preview(self, epoch):
         """predictions/epoch_NNN.png: rows of image | ground truth | prediction for the first val images."""
         from .predict import predict_mask

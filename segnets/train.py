@@ -166,6 +166,7 @@ def train(settings, checkpoint=None, overwrite=False, cluster=None):
             print(f"\ninterrupted: {run.out / 'checkpoint_last.npz'} holds the state at {where}; continue with\n"
                   f"  python -m segnets.train --resume {run.out / 'checkpoint_last.npz'}", file=sys.stderr, flush=True)
             raise
+    run.close_logs()
     return history
 
 
