@@ -39,6 +39,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -361,6 +362,7 @@ def main(argv=None):
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the copies are removed
     parent = tempfile.mkdtemp(prefix="mutate-")
     try:
         copy = make_copy(args.tree, parent)
