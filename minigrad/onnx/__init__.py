@@ -58,6 +58,10 @@ def export(model, example_input, path, opset_version=17, input_names=("input",),
     graph, i.e. when a size that should stay dynamic is baked in (a crop or resize
     to a traced size): ``torch.onnx.export`` does not check this. The model is
     returned to the training mode it had; parameters keep their ``requires_grad``.
+    The graph's element type is the model's: a float64 model gives a valid double
+    graph, but ONNX Runtime's CPU Conv has no double kernel (export a float32 copy).
+    While export runs, the ops are patched process-wide: do not run minigrad in
+    another thread at the same time.
     """
     onnx = load_onnx()
     from ._ops import check_opset
