@@ -221,11 +221,11 @@ def compare(mg, th, net):
 
     Deep stacks of BatchNorm amplify float32 rounding differently in each library (a
     few percent on some DeconvNet gradients); float64 shows whether the two compute the
-    same function. FCN is compared in eval mode (its dropout draws different masks in
-    each library; FCN has no BatchNorm, so eval changes nothing else); the others in
-    train mode.
+    same function. FCN and the VGG16 DeepLabs are compared in eval mode (their dropout
+    draws different masks in each library; they have no BatchNorm, so eval changes
+    nothing else); the others in train mode.
     """
-    mode = "eval" if net.startswith("fcn") else "train"
+    mode = "eval" if net.startswith("fcn") or net in ("deeplabv1_largefov", "deeplabv2_vgg16") else "train"
     for trainer in (mg, th):
         trainer.model.train(mode == "train")
     f32 = _forward_backward_both(mg, th)
