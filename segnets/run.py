@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,14 +115,13 @@ class Run:
         """Make the output folder this run's (``plan`` from ``check_output_dir``) and write config.json;
         when resuming, trim metrics.jsonl to the checkpoint's epoch, or carry the history over into a new folder."""
         self.out = claim_output_dir(self.settings, plan)
-        self.write_config()
-        if checkpoint is None:
-            return
-        source = Path(checkpoint["path"]).resolve().parent
-        if source == self.out.resolve():
-            self.trim_metrics_log()
-        else:
+        source = None if checkpoint is None else Path(checkpoint["path"]).resolve().parent
+        if source is not None and not plan.own and source != self.out.resolve():
             carry_history(source, self.out, self.epoch, self.settings)
+            self.settings["run_id"] = uuid.uuid4().hex  # the branch is a run of its own from here on
+        self.write_config()
+        if source is not None and (plan.own or source == self.out.resolve()):
+            self.trim_metrics_log()
 
     def write_config(self):
         (self.out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -623,6 +623,7 @@ def carry_history(source, out, epoch, settings):
         missing.append("no checkpoint_best.npz until val mIoU beats the checkpoint's best")
     previews = [p for p in sorted((source / "predictions").glob("epoch_*.png"))
                 if p.stem[6:].isdigit() and int(p.stem[6:]) <= epoch]
+    (out / "predictions").mkdir(exist_ok=True)
     for preview in previews:
         shutil.copy2(preview, out / "predictions" / preview.name)
     if previews:

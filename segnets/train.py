@@ -6,12 +6,14 @@ A training step, from the command line down to im2col (file, then function):
     settings.py    resolve_settings(args)     settings = recipe of --net with the flags on top
                                               (with --resume: the checkpoint's settings)
     train.py       train(settings)
-    run.py           Run.__init__()           the run's objects, built from the settings:
+    run.py           check_output_dir()       refuse a folder holding another run's files (before any work)
+                     Run.__init__()           the run's objects, built from the settings:
                        build_data()           datasets -> mean/std -> TrainTransform -> DataLoaders
                        build_net()            segnets.build_model -> minigrad.nn modules
                        build_optimizer()      SGD / Adam / AdamW over the parameters that require grad
                        build_scheduler()      constant / step / poly / cosine
                        restore()              with --resume: every piece of state from the checkpoint
+                     Run.open_output_dir()    claim the folder (atomically), write config.json
     train.py         for each epoch: run_epoch(run, epoch, stop)
                        train_one_epoch()      for each batch of run.data.train_loader:
     evaluate.py          to_tensor(images)      the batch as a minigrad.Tensor on run.device

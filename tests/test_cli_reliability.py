@@ -155,6 +155,9 @@ def test_resuming_into_a_new_folder_carries_the_history_over(tmp_path, three_epo
     for name in ("epoch_001.png", "epoch_002.png"):
         assert (branch / "predictions" / name).read_bytes() == (source / "predictions" / name).read_bytes()
     assert hashes(source) == before  # the source run is left as it was
+    branch_id = json.loads((branch / "config.json").read_text())["run_id"]
+    assert branch_id != json.loads((source / "config.json").read_text())["run_id"]  # a run of its own
+    assert ckpt.read_meta(branch / "checkpoint_last.npz")["settings"]["run_id"] == branch_id
     # a checkpoint_best.npz later than the resumed epoch is not carried over
     ckpt.save_checkpoint(source / "checkpoint_best.npz", dict(meta["meta"], epoch=3, progress=None), meta["model"])
     assert train_mod.main(["--resume", str(source / "epoch2.npz"), "--output-dir", str(tmp_path / "b2")]) == 0
