@@ -201,6 +201,8 @@ class DistributedDataParallel(Module):
 
     def _reset(self):
         for bucket in self._buckets:
+            if bucket.work is not None:  # left by a backward that raised: finish it before the buffer is reused
+                bucket.work.wait()
             bucket.ready, bucket.work = 0, None
         self._next_bucket = 0
         self._in_backward = False
