@@ -286,8 +286,26 @@ def test_minimum_and_binary_max_min(seed):
     gradcheck(F.max, [a, b])
 
 
-def test_minimum_tie_goes_to_the_first_operand():
+@pytest.mark.parametrize("op, a_grad, b_grad", [(F.minimum, [0.5, 1], [0.5, 0]), (F.maximum, [0.5, 0], [0.5, 1])])
+def test_a_tie_splits_the_gradient_in_half_like_pytorch(op, a_grad, b_grad):
     a, b = T([1.0, 2.0], True), T([1.0, 3.0], True)
-    F.sum(F.minimum(a, b)).backward()
-    np.testing.assert_array_equal(a.grad.numpy(), [1, 1])
-    np.testing.assert_array_equal(b.grad.numpy(), [0, 0])
+    F.sum(op(a, b)).backward()
+    np.testing.assert_array_equal(a.grad.numpy(), a_grad)
+    np.testing.assert_array_equal(b.grad.numpy(), b_grad)
+
+
+@pytest.mark.torch
+def test_maximum_minimum_with_ties_parity():
+    torch = require_torch()
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 2.0, -1.0]])
+    y = np.array([1.0, 5.0, -1.0])  # ties in both rows, broadcast over them
+    for name in ("maximum", "minimum"):
+        ours = [T(x, True), T(y, True)]
+        theirs = [torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True)]
+        a, b = getattr(F, name)(*ours), getattr(torch, name)(*theirs)
+        np.testing.assert_array_equal(a.numpy(), b.detach().numpy())
+        g = np.arange(6.0).reshape(2, 3)
+        F.sum(F.mul(a, T(g))).backward()
+        (b * torch.tensor(g)).sum().backward()
+        for m, t in zip(ours, theirs):
+            np.testing.assert_array_equal(m.grad.numpy(), t.grad.numpy())

@@ -135,21 +135,24 @@ def clamp(a, min=None, max=None):
 
 
 def maximum(a, b):
-    """Elementwise maximum; a tie sends the gradient to ``a``."""
+    """Elementwise maximum; a tie splits the gradient in half between ``a`` and ``b``, as in PyTorch."""
     a, b = _operands(a, b)
-    take_a = a.data >= b.data
-    return _result(a.xp.where(take_a, a.data, b.data), (a, b), lambda g: (
-        _unbroadcast(g * take_a, a.shape) if a.requires_grad else None,
-        _unbroadcast(g * ~take_a, b.shape) if b.requires_grad else None))
+    return _select(a, b, a.data > b.data, a.xp.maximum(a.data, b.data))
 
 
 def minimum(a, b):
-    """Elementwise minimum; a tie sends the gradient to ``a``."""
+    """Elementwise minimum; a tie splits the gradient in half between ``a`` and ``b``, as in PyTorch."""
     a, b = _operands(a, b)
-    take_a = a.data <= b.data
-    return _result(a.xp.where(take_a, a.data, b.data), (a, b), lambda g: (
-        _unbroadcast(g * take_a, a.shape) if a.requires_grad else None,
-        _unbroadcast(g * ~take_a, b.shape) if b.requires_grad else None))
+    return _select(a, b, a.data < b.data, a.xp.minimum(a.data, b.data))
+
+
+def _select(a, b, take_a, out):
+    """Gradient routing for ``out`` (NaN-propagating): to ``a`` where ``take_a``, else to ``b``, half each on a tie."""
+    xp = a.xp
+    share_a = (take_a + 0.5 * (a.data == b.data)).astype(xp.result_type(a.data, b.data), copy=False)
+    return _result(out, (a, b), lambda g: (
+        _unbroadcast(g * share_a, a.shape) if a.requires_grad else None,
+        _unbroadcast(g * (1 - share_a), b.shape) if b.requires_grad else None))
 
 
 def where(condition, a, b):
