@@ -1,12 +1,14 @@
 """``set_num_threads`` / ``get_num_threads``, as in PyTorch: every thread pool minigrad uses on the CPU.
 
-Two pools do minigrad's CPU work: NumPy's BLAS (OpenBLAS in NumPy's wheels) for the matrix
-products, and the CPU kernels' pool (``minigrad.kernels.cpu``) for everything else: im2col
-and col2im, pooling, batch norm, ReLU, the loss and the optimizer. ``set_num_threads(n)``
-sets both. OpenBLAS is reached through ctypes, as threadpoolctl does: the library NumPy
-loaded (a scipy-openblas wheel names its symbols ``scipy_openblas_set_num_threads64_``).
-Where no OpenBLAS is found (NumPy built on MKL or Accelerate), only the kernels' count
-changes; set ``OMP_NUM_THREADS`` before starting Python then.
+With the CPU kernels (``minigrad.kernels.cpu``, numba installed) one pool of ``n`` threads does
+all of minigrad's CPU work: im2col and col2im, pooling, batch norm, ReLU, the optimizer, and
+the convolutions' matrix products, split into single-threaded OpenBLAS calls; NumPy's OpenBLAS
+is then put on one thread (its idle threads spin after every product, on the cores the pool
+needs: see ``kernels.cpu.matmul``). Without the kernels, ``set_num_threads(n)`` gives NumPy's
+OpenBLAS ``n`` threads, and everything but the products runs on one core. OpenBLAS is reached
+through ctypes, as threadpoolctl does: the library NumPy loaded (a scipy-openblas wheel names
+its symbols ``scipy_openblas_set_num_threads64_``). Where no OpenBLAS is found (NumPy built on
+MKL or Accelerate), set ``OMP_NUM_THREADS`` before starting Python.
 
 The default is every core this process may use (``OMP_NUM_THREADS`` when set), as in PyTorch.
 """
@@ -95,7 +97,13 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n}")
     _threads = n
-    set_openblas_threads(n)
+    from . import kernels
+    if kernels.enabled("cpu"):  # one pool for all the work: the kernels split the products themselves
+        from .kernels import cpu
+        cpu._blas_claimed[0] = False
+        cpu.claim_blas()
+    else:
+        set_openblas_threads(n)
 
 
 def get_num_threads():

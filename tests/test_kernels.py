@@ -61,7 +61,7 @@ def test_kernels_are_on_and_found():
 def test_environment_switch_turns_every_cpu_fast_path_off():
     code = ("import numpy as np; from minigrad import kernels; x = np.zeros(3, np.float32); "
             "names = ['im2col', 'col2im', 'max_pool2d', 'channel_sums', 'relu', 'sgd_update', "
-            "'cross_entropy_forward', 'scatter_to_planes', 'matmul']; "
+            "'scatter_to_planes', 'gather_from_planes', 'relu_grad', 'matmul']; "
             "print(kernels.enabled('cpu'), [n for n in names if kernels.get(n, x) is not None])")
     env = dict(os.environ, MINIGRAD_CPU_KERNELS="0")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -246,6 +246,31 @@ def test_sgd_update_matches_generic(threads, dtype, options):
     np.testing.assert_allclose(fast, generic, **close(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("form", ["plain", "transpose_a", "transpose_b_accumulate", "few_samples"])
+def test_matmul_matches_generic(threads, dtype, form):
+    from minigrad.functional.conv import _matmul
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((2, 5, 7)).astype(dtype)                 # (groups, m, k)
+    start = rng.standard_normal((2, 5, 9)).astype(dtype)
+    cases = {
+        "plain": lambda: _matmul(w, rng_b((3, 2, 7, 11)), np.empty((3, 2, 5, 11), dtype)),
+        "transpose_a": lambda: _matmul(w, rng_b((3, 2, 5, 13)), np.empty((3, 2, 7, 13), dtype), transpose_a=True),
+        "transpose_b_accumulate": lambda: _matmul(w[:, :, :6], rng_b((2, 9, 6)), start.copy(), transpose_b=True,
+                                                  accumulate=True),
+        "few_samples": lambda: _matmul(w, rng_b((1, 2, 7, 11)), None),
+    }
+    state = {}
+
+    def rng_b(shape):
+        key = shape
+        if key not in state:
+            state[key] = rng.standard_normal(shape).astype(dtype)
+        return state[key]
+    fast, generic = both(cases[form])
+    np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
 # -------------------------------------------------------------- whole convolutions, property-drawn
 @st.composite
 def conv_problems(draw):
@@ -298,12 +323,13 @@ def test_set_num_threads_sets_openblas_and_the_kernel_pool():
     from minigrad import threads
     previous = mg.get_num_threads()
     try:
-        mg.set_num_threads(1)
-        assert mg.get_num_threads() == 1
-        if threads.openblas_function("get_num_threads") is not None:   # NumPy's wheels ship OpenBLAS
-            assert threads.openblas_threads() == 1
-        mg.set_num_threads(2)
-        assert mg.get_num_threads() == 2 and threads.openblas_threads() in (None, 2)
+        with kernels.disabled("cpu"):   # no kernels: OpenBLAS gets the threads
+            mg.set_num_threads(2)
+            assert mg.get_num_threads() == 2 and threads.openblas_threads() in (None, 2)
+            mg.set_num_threads(1)
+            assert mg.get_num_threads() == 1 and threads.openblas_threads() in (None, 1)
+        mg.set_num_threads(2)   # kernels: one pool of 2 threads, OpenBLAS on one
+        assert mg.get_num_threads() == 2 and threads.openblas_threads() in (None, 1)
         for bad in (0, -2, "two"):
             with pytest.raises(ValueError, match="set_num_threads: n must be a positive int"):
                 mg.set_num_threads(bad)

@@ -4,8 +4,11 @@ The same functions, arguments and results as ``minigrad.kernels.cuda`` (where bo
 each computing what the generic array code computes (tests/test_kernels.py compares them):
 im2col (also batch-folded), col2im, max_pool2d, scatter_to_planes / gather_from_planes (the
 max-pool gradient and unpooling), batch norm's channel_sums / channel_affine /
-batch_norm_input_grad, relu / relu_grad, cross_entropy_forward / cross_entropy_backward and
-sgd_update. NumPy runs its copies and ufuncs on one core; these loops split the work over
+batch_norm_input_grad, relu / relu_grad and sgd_update. (No cross-entropy kernel: one that
+looped over the classes per pixel, as the CUDA kernel does, took 2.4x the CPU time of the
+generic NumPy code, whose exp runs on SIMD units; see benchmarks/README.md.)
+
+NumPy runs its copies and ufuncs on one core; these loops split the work over
 ``minigrad.get_num_threads()`` threads, which is why they exist (the matrix products are
 already threaded by OpenBLAS). Each kernel is compiled serial and without the GIL (``nogil``)
 and handles a range of planes or elements; a persistent thread pool runs the shares at once.
@@ -207,44 +210,6 @@ if AVAILABLE:
                 d = d + momentum * b if nesterov else b
             p[i] -= lr * d
 
-    # ------------------------------------------------------------------ cross-entropy
-    @_jit
-    def _cross_entropy_forward(lo, hi, x, target, valid, weight, smoothing, loss, lse):
-        n, classes, length = x.shape
-        for pixel in range(lo, hi):
-            i, l = pixel // length, pixel % length
-            top = x[i, 0, l]
-            for c in range(1, classes):
-                v = x[i, c, l]
-                top = v if v > top else top
-            total = 0.0
-            for c in range(classes):
-                total += math.exp(x[i, c, l] - top)
-            log_sum = top + math.log(total)
-            lse[i, l] = log_sum
-            if not valid[i, l]:
-                loss[i, l] = 0
-                continue
-            smooth = 0.0
-            if smoothing > 0:
-                for c in range(classes):
-                    smooth += weight[c] * (log_sum - x[i, c, l])
-            t = target[i, l]
-            loss[i, l] = (1 - smoothing) * weight[t] * (log_sum - x[i, t, l]) + smoothing / classes * smooth
-
-    @_jit
-    def _cross_entropy_backward(lo, hi, x, target, weight, lse, factor, smoothing, mean_weight, grad):
-        n, classes, length = x.shape
-        for plane in range(lo, hi):
-            i, c = plane // classes, plane % classes
-            w_c = smoothing / classes * weight[c]
-            for l in range(length):
-                t = target[i, l]
-                w_t = weight[t]
-                scale = (1 - smoothing) * w_t + smoothing * mean_weight
-                coef = ((1 - smoothing) * w_t if c == t else 0) + w_c
-                grad[i, c, l] = factor[i, l] * (scale * math.exp(x[i, c, l] - lse[i, l]) - coef)
-
 
 # ---------------------------------------------------------------------- the thread pool
 _pool = None
@@ -261,6 +226,8 @@ def _run(kernel, count, elements, *args):
     thread takes the first. Shares never overlap: every kernel writes only its own planes/elements.
     """
     threads = min(get_num_threads(), count)
+    if threads > 1:
+        claim_blas()
     if threads <= 1 or elements < _MIN_PARALLEL:
         kernel(0, count, *args)
         return
@@ -430,30 +397,74 @@ def sgd_update(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov
          t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
 
 
-def _class_weights(class_weight, dtype, classes):
-    return np.ones(classes, dtype) if class_weight is None else _per_channel(class_weight, dtype, classes)
+# ---------------------------------------------------------------------- matrix products
+# One pool for all CPU work: with the kernels on, NumPy's OpenBLAS runs on one thread and the
+# products are split here over the same threads as the kernels. Threaded OpenBLAS keeps its idle
+# workers spinning for ~0.1 s after each product, on the cores the kernels' threads need next
+# (measured on the loaded 2-core machine: a U-Net step took 590 ms of CPU time with one thread,
+# 5000 ms with two, most of it spinning); the pool's threads sleep while they wait.
+_blas_claimed = [False]
 
 
-def cross_entropy_forward(x, index, valid, class_weight, smoothing):
-    """Per-element loss and log-sum-exp of (N, C, d...) logits; ``index`` has ignored entries at 0."""
-    n, classes = x.shape[:2]
-    loss = np.empty(index.shape, dtype=x.dtype)
-    lse = np.empty(index.shape, dtype=x.dtype)
-    if loss.size:
-        _run(_cross_entropy_forward, loss.size, x.size, _channels(x), _c(index, np.int64).reshape(n, -1),
-             _c(valid).reshape(n, -1), _class_weights(class_weight, x.dtype, classes), x.dtype.type(smoothing),
-             loss.reshape(n, -1), lse.reshape(n, -1))
-    return loss, lse
+def claim_blas():
+    """Put NumPy's OpenBLAS on one thread (once, and again after ``minigrad.set_num_threads``)."""
+    if not _blas_claimed[0]:
+        from ..threads import set_openblas_threads
+        set_openblas_threads(1)
+        _blas_claimed[0] = True
 
 
-def cross_entropy_backward(x, index, class_weight, lse, factor, smoothing):
-    """Gradient w.r.t. the logits, given the per-element upstream ``factor`` (0 where ignored)."""
-    n, classes = x.shape[:2]
-    weight = _class_weights(class_weight, x.dtype, classes)
-    mean_weight = weight.mean() if class_weight is not None and smoothing else 1.0
-    grad = np.empty(x.shape, dtype=x.dtype)
-    if grad.size:
-        _run(_cross_entropy_backward, n * classes, grad.size, _channels(x), _c(index, np.int64).reshape(n, -1),
-             weight, _c(lse, x.dtype).reshape(n, -1), _c(factor, x.dtype).reshape(n, -1), x.dtype.type(smoothing),
-             x.dtype.type(mean_weight), grad.reshape(n, classes, -1))
-    return grad
+def _product(a, b, out, transpose_a, transpose_b, accumulate):
+    """The generic product of ``minigrad.functional.conv._matmul`` on NumPy (BLAS-friendly forms)."""
+    if transpose_a:
+        a = a.swapaxes(-1, -2)
+    if transpose_b:
+        product = np.matmul(b, a.swapaxes(-1, -2)).swapaxes(-1, -2)
+    elif accumulate or out is None:
+        product = np.matmul(a, b)
+    else:
+        return np.matmul(a, b, out=out)
+    if out is None:
+        return product
+    if accumulate:
+        out += product
+    else:
+        out[...] = product
+    return out
+
+
+def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
+    """The product for output entries [lo, hi) along ``axis``: a batch axis, or the columns (-1)."""
+    if axis == -1:  # columns of out: columns of b, or rows of b when it is transposed
+        cols = slice(lo, hi)
+        b_part = b[..., cols, :] if transpose_b else b[..., cols]
+        _product(a, b_part, out[..., cols], transpose_a, transpose_b, accumulate)
+        return
+    index = (slice(None),) * axis + (slice(lo, hi),)
+    a_part = a[index] if a.ndim == out.ndim and a.shape[axis] > 1 else a
+    b_part = b[index] if b.ndim == out.ndim and b.shape[axis] > 1 else b
+    _product(a_part, b_part, out[index], transpose_a, transpose_b, accumulate)
+
+
+def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
+    """out = op(a) @ op(b) (+ out if ``accumulate``), batched as ``numpy.matmul``, split over the threads.
+
+    Shares: the leading (batch) axis of ``out`` when it has at least as many entries as threads,
+    else blocks of ``out``'s columns; each share is one single-threaded OpenBLAS call.
+    """
+    claim_blas()
+    threads = get_num_threads()
+    m_n = out.shape[-2] * out.shape[-1]
+    k = a.shape[-2] if transpose_a else a.shape[-1]
+    if threads <= 1 or out.size * k < 4 * _MIN_PARALLEL * 64:   # small products: one call
+        return _product(a, b, out, transpose_a, transpose_b, accumulate)
+    if out.ndim > 2 and out.shape[0] >= threads and out.shape[0] * m_n == out.size:
+        axis, count = 0, out.shape[0]
+    else:
+        axis, count = -1, out.shape[-1]
+    _run(_share_runner, count, out.size * k, a, b, out, transpose_a, transpose_b, accumulate, axis)
+    return out
+
+
+def _share_runner(lo, hi, *args):
+    _product_share(lo, hi, *args)
