@@ -42,9 +42,17 @@ def numpy_threads():
     return os.cpu_count() or 1, "os.cpu_count()"
 
 
+def minigrad_threads():
+    """(thread count, where it came from): what minigrad uses for its CPU work (set_num_threads)."""
+    from minigrad import kernels
+    if kernels.enabled("cpu"):
+        return minigrad.get_num_threads(), "minigrad.get_num_threads(): its kernels' pool, OpenBLAS on 1"
+    return numpy_threads()
+
+
 def match_threads(torch):
-    """Give minigrad (its CPU kernels) and PyTorch as many threads as NumPy's BLAS has; returns what was set."""
-    n, source = numpy_threads()
+    """Give PyTorch as many threads as minigrad uses (its pool, or NumPy's BLAS without the kernels)."""
+    n, source = minigrad_threads()
     minigrad.set_num_threads(n)
     torch.set_num_threads(n)
     return {"threads": n, "source": source, "torch_threads": torch.get_num_threads(),
@@ -79,8 +87,8 @@ class Context:
         self.torch_device = "cuda" if self.device == "gpu" else "cpu"
         self.xp = minigrad.backend.xp_for(self.device)
         if threads is not None:
-            minigrad.set_num_threads(threads)   # OpenBLAS and minigrad's CPU kernels
-            if openblas_threads() != threads:
+            minigrad.set_num_threads(threads)   # minigrad's CPU kernels and OpenBLAS
+            if openblas_threads() is None:
                 raise SystemExit(f"--threads {threads}: NumPy's OpenBLAS was not found in this process; "
                                  f"set OPENBLAS_NUM_THREADS={threads} OMP_NUM_THREADS={threads} instead")
         self.threads = match_threads(torch)
@@ -192,7 +200,13 @@ def matmul_seconds(ctx, m, k, n):
             time.sleep(SETTLE_S)  # PyTorch's idle threads, too, may still be spinning
         a = ctx.xp.asarray(rng.standard_normal((m, k), dtype=np.float32))
         b = ctx.xp.asarray(rng.standard_normal((k, n), dtype=np.float32))
-        _matmul_cache[key] = time_alternating(ctx, {"matmul": lambda: a @ b})["matmul"]
+        from minigrad import kernels
+        fast = kernels.get("matmul", a) if ctx.device == "cpu" else None
+        if fast is not None:  # minigrad's own threaded product: OpenBLAS is on one thread then
+            out = np.empty((m, n), np.float32)
+            _matmul_cache[key] = time_alternating(ctx, {"matmul": lambda: fast(a, b, out)})["matmul"]
+        else:
+            _matmul_cache[key] = time_alternating(ctx, {"matmul": lambda: a @ b})["matmul"]
     return _matmul_cache[key]
 
 

@@ -131,11 +131,11 @@ def test_max_rel_diff_is_relative_to_the_reference_scale():
 
 
 @pytest.mark.torch
-def test_thread_count_matches_numpy_blas():
+def test_thread_count_matches_minigrads():
     torch = require_torch()
-    from benchmarks.common import match_threads, numpy_threads
+    from benchmarks.common import match_threads, minigrad_threads
 
-    n, source = numpy_threads()
+    n, source = minigrad_threads()
     assert n >= 1 and source
     before = torch.get_num_threads()
     try:
