@@ -68,6 +68,19 @@ def test_matches_torch_float64(case):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=str)
+def test_sgd_generic_code_matches_torch(options):
+    """With the fast paths off: the generic array code, which minigrad.kernels' SGD is checked against
+    (where numba is installed the test above runs the kernel, so this is the only check of the code)."""
+    from minigrad import kernels
+    values, grads = _start()
+    with kernels.disabled():
+        ours = _minigrad_run("SGD", options, values, grads)
+    for a, b in zip(ours, _torch_run("SGD", options, values, grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_matches_torch_float32_and_param_groups(name):
     options = dict(lr=0.1, momentum=0.9, nesterov=True) if name == "SGD" else dict(lr=0.05, amsgrad=True)
