@@ -69,6 +69,9 @@ LOSS, NORM, NN, OPTIM = "tests/test_loss.py", "tests/test_norm.py", "tests/test_
 SERIAL, METRICS, TRAIN = "tests/test_serialization.py", "tests/test_metrics.py", "tests/test_train.py"
 MODELS, TENSOR = "tests/test_models.py", "tests/test_tensor.py"
 RESUME = "tests/test_resume_random_states.py"
+# Where numba is installed (the test extra) the CPU fast paths of minigrad.kernels run instead of
+# the generic array code; tests/test_kernels.py compares the two, so it comes last for mutants there.
+KERNELS = "tests/test_kernels.py"
 
 MUTANTS = [
     # ---- convolution geometry (minigrad/functional/im2col.py)
@@ -90,19 +93,19 @@ MUTANTS = [
       "bottom, right = max(need_h - top - h, 0), max(need_w - left - w, 0)",
       "bottom, right = max(need_w - left - w, 0), max(need_h - top - h, 0)", IM2COL + " " + CONV),
     # ---- convolution (minigrad/functional/conv.py)
-    M("conv_bias_grad_averaged_over_batch", "minigrad/functional/conv.py",
-      "return (g.sum(axis=(0, 2, 3)) if bias.requires_grad else None,)",
-      "return (g.sum(axis=(0, 2, 3)) / g.shape[0] if bias.requires_grad else None,)", CONV + " " + NN),
+    M("conv_transpose_bias_channels_reversed", "minigrad/functional/conv.py",
+      "out += bias.data.reshape(1, -1, 1, 1)", "out += bias.data[::-1].reshape(1, -1, 1, 1)", CONV + " " + NN,
+      within="def conv_transpose2d("),
     # ---- pooling (minigrad/functional/pooling.py)
     M("pool_disjoint_ignores_dilation", "minigrad/functional/pooling.py",
       "disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))",
-      "disjoint = all(s >= k for k, s, d in zip(kernel, stride, dilation))", POOL),
+      "disjoint = all(s >= k for k, s, d in zip(kernel, stride, dilation))", POOL + " " + KERNELS),
     # ---- losses (minigrad/functional/loss.py)
     M("loss_mean_divides_by_element_count", "minigrad/functional/loss.py",
-      "normaliser = target_weight.sum()", "normaliser = target_weight.size", LOSS),
+      "normaliser = target_weight.sum()", "normaliser = target_weight.size", LOSS + " " + KERNELS),
     M("loss_smoothing_drops_the_class_weights", "minigrad/functional/loss.py",
       "total_weight = total_weight + smoothing * class_w.mean()", "total_weight = total_weight + smoothing",
-      LOSS),
+      LOSS + " " + KERNELS),
     # ---- batch norm (minigrad/functional/norm.py)
     M("bn_running_var_biased", "minigrad/functional/norm.py",
       "unbiased = biased_var * (count / (count - 1))", "unbiased = biased_var", NORM + " " + NN),
@@ -111,7 +114,7 @@ MUTANTS = [
       "running_mean.data[...] = momentum * running_mean.data + (1 - momentum) * mean", NORM + " " + NN),
     M("bn_weight_grad_without_inv_std", "minigrad/functional/norm.py",
       "grads.append(sum_g_centered * inv_std if need_weight else None)",
-      "grads.append(sum_g_centered if need_weight else None)", NORM + " " + NN),
+      "grads.append(sum_g_centered if need_weight else None)", NORM + " " + NN + " " + KERNELS),
     M("bn_module_cumulative_average_off_by_one", "minigrad/nn/norm.py",
       "return 1.0 / float(self.num_batches_tracked.item())",
       "return 1.0 / (float(self.num_batches_tracked.item()) + 1)", NN + " " + NORM),
@@ -125,12 +128,12 @@ MUTANTS = [
     M("module_load_state_dict_never_strict", "minigrad/nn/module.py", "if strict:", "if False:", NN),
     # ---- optimizers and schedules (minigrad/optim)
     M("sgd_dampening_ignored", "minigrad/optim/sgd.py",
-      'buf += (1 - group["dampening"]) * grad', "buf += grad", OPTIM),
+      'buf += (1 - group["dampening"]) * grad', "buf += grad", OPTIM + " " + KERNELS),
     M("sgd_nesterov_ignored", "minigrad/optim/sgd.py",
-      'grad = grad + momentum * buf if group["nesterov"] else buf', "grad = buf", OPTIM),
+      'grad = grad + momentum * buf if group["nesterov"] else buf', "grad = buf", OPTIM + " " + KERNELS),
     M("sgd_weight_decay_sign", "minigrad/optim/sgd.py",
       'grad = grad + group["weight_decay"] * param.data', 'grad = grad - group["weight_decay"] * param.data',
-      OPTIM),
+      OPTIM + " " + KERNELS),
     M("adam_no_first_moment_bias_correction", "minigrad/optim/adam.py",
       "step_size = lr / (1 - beta1 ** step)", "step_size = lr", OPTIM),
     M("adam_eps_inside_the_bias_correction", "minigrad/optim/adam.py",
