@@ -274,6 +274,22 @@ def test_matmul_matches_generic(threads, dtype, form):
     np.testing.assert_allclose(fast, generic, **close(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((4, 5, 7), (7, 9)), ((2, 1, 5, 7), (3, 7, 2)),
+                                    ((6, 7), (2, 7, 4))], ids=str)
+def test_matmul_op_matches_generic(threads, dtype, shapes):
+    rng = np.random.default_rng(8)
+    a_data, b_data = (rng.standard_normal(s).astype(dtype) for s in shapes)
+
+    def run():
+        a, b = mg.tensor(a_data, requires_grad=True), mg.tensor(b_data, requires_grad=True)
+        out = mg.matmul(a, b)
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return out.numpy(), a.grad.numpy(), b.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
 # -------------------------------------------------------------- whole convolutions, property-drawn
 @st.composite
 def conv_problems(draw):

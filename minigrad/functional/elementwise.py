@@ -1,6 +1,8 @@
 """Arithmetic and pointwise math, with broadcasting undone in the gradients."""
 import numpy as np
 
+from .. import kernels
+from ..backend import get_array_module
 from ..tensor import Tensor, _result, as_tensor
 
 
@@ -168,14 +170,20 @@ def matmul(a, b):
     """Matrix product with NumPy's rules for 1-D and batched operands."""
     a, b = _operands(a, b)
     xp = a.xp
-    out = xp.asarray(xp.matmul(a.data, b.data))  # 1-D @ 1-D: a 0-d array, not a scalar
+    out = xp.asarray(_matmul(a.data, b.data))  # 1-D @ 1-D: a 0-d array, not a scalar
 
     def backward(g):
         # promote 1-D operands to matrices, and g to their product's shape, so one rule covers every case
         ad = a.data[None, :] if a.ndim == 1 else a.data
         bd = b.data[:, None] if b.ndim == 1 else b.data
         gd = g.reshape(np.broadcast_shapes(ad.shape[:-2], bd.shape[:-2]) + (ad.shape[-2], bd.shape[-1]))
-        ga = _unbroadcast(xp.matmul(gd, xp.swapaxes(bd, -1, -2)), ad.shape).reshape(a.shape) if a.requires_grad else None
-        gb = _unbroadcast(xp.matmul(xp.swapaxes(ad, -1, -2), gd), bd.shape).reshape(b.shape) if b.requires_grad else None
+        ga = _unbroadcast(_matmul(gd, xp.swapaxes(bd, -1, -2)), ad.shape).reshape(a.shape) if a.requires_grad else None
+        gb = _unbroadcast(_matmul(xp.swapaxes(ad, -1, -2), gd), bd.shape).reshape(b.shape) if b.requires_grad else None
         return ga, gb
     return _result(out, (a, b), backward)
+
+
+def _matmul(x, y):
+    """``xp.matmul``, or the backend's threaded product (``kernels.batched_matmul``: the CPU pool) where one exists."""
+    fast = kernels.get("batched_matmul", x) if x.ndim >= 2 and y.ndim >= 2 and x.dtype == y.dtype else None
+    return fast(x, y) if fast is not None else get_array_module(x).matmul(x, y)

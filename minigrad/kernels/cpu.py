@@ -468,3 +468,9 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
 
 def _share_runner(lo, hi, *args):
     _product_share(lo, hi, *args)
+
+
+def batched_matmul(a, b):
+    """``numpy.matmul(a, b)`` for operands of 2 or more dims (broadcast batch axes), split over the threads."""
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    return matmul(a, b, np.empty(shape, dtype=np.result_type(a, b)))
