@@ -290,6 +290,20 @@ def test_matmul_op_matches_generic(threads, dtype, shapes):
         np.testing.assert_allclose(fast, generic, **close(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_linear_matches_generic(threads, dtype):
+    rng = np.random.default_rng(9)
+    x_data, w_data, b_data = (rng.standard_normal(s).astype(dtype) for s in ((3, 4, 6), (5, 6), (5,)))
+
+    def run():
+        x, w, b = (mg.tensor(d, requires_grad=True) for d in (x_data, w_data, b_data))
+        out = F.linear(x, w, b)
+        out.backward(mg.tensor(np.sin(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return out.numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
 # -------------------------------------------------------------- whole convolutions, property-drawn
 @st.composite
 def conv_problems(draw):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..tensor import _result
+from .elementwise import _matmul  # the backend's threaded product where there is one
 
 
 def linear(input, weight, bias=None):
@@ -15,11 +16,10 @@ def linear(input, weight, bias=None):
     if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
         raise ValueError(f"linear: input of shape {input.shape} needs a last dim equal to in_features="
                          f"{weight.shape[-1]} (weight shape {weight.shape})")
-    xp = input.xp
     lead, features = input.shape[:-1], weight.shape[-1]
     w = weight.data if weight.ndim == 2 else weight.data[None, :]
     x = input.data.reshape(int(np.prod(lead, dtype=np.int64)), features)
-    out = xp.matmul(x, w.T)
+    out = _matmul(x, w.T)
     if bias is not None:
         if bias.ndim > 1 or bias.numel() not in (1, w.shape[0]):
             raise ValueError(f"linear: bias must have shape ({w.shape[0]},) for weight of shape {weight.shape}, "
@@ -29,8 +29,8 @@ def linear(input, weight, bias=None):
 
     def backward(g):
         g = g.reshape(x.shape[0], w.shape[0])
-        gx = xp.matmul(g, w).reshape(input.shape) if input.requires_grad else None
-        gw = xp.matmul(g.T, x).reshape(weight.shape) if weight.requires_grad else None
+        gx = _matmul(g, w).reshape(input.shape) if input.requires_grad else None
+        gw = _matmul(g.T, x).reshape(weight.shape) if weight.requires_grad else None
         gb = None
         if bias is not None and bias.requires_grad:
             gb = g.sum(axis=0).reshape(bias.shape) if bias.ndim else g.sum().reshape(())
