@@ -216,6 +216,21 @@ def _in_float64(mg, th):
         mg.x, th.x = x_mg, x_th
 
 
+@contextlib.contextmanager
+def _no_dropout(mg, th, active):
+    """Every Dropout/Dropout2d of both models at p=0 for a while (``active``), then back."""
+    layers = [m for t in (mg, th) for m in t.model.modules()
+              if active and type(m).__name__ in ("Dropout", "Dropout2d")]
+    saved = [m.p for m in layers]
+    for m in layers:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, saved):
+            m.p = p
+
+
 def compare(mg, th, net):
     """One forward+backward in both from the same weights, in float32 and again in float64.
 
@@ -228,9 +243,10 @@ def compare(mg, th, net):
     mode = "eval" if net.startswith("fcn") or net in ("deeplabv1_largefov", "deeplabv2_vgg16") else "train"
     for trainer in (mg, th):
         trainer.model.train(mode == "train")
-    f32 = _forward_backward_both(mg, th)
-    with _in_float64(mg, th):
-        f64 = _forward_backward_both(mg, th)
+    with _no_dropout(mg, th, net in RESNET_NETS):  # BatchNorm and dropout: train mode, dropout at p=0
+        f32 = _forward_backward_both(mg, th)
+        with _in_float64(mg, th):
+            f64 = _forward_backward_both(mg, th)
     for trainer in (mg, th):
         trainer.model.train()
     return {"compare_mode": mode, "minigrad_loss": f32["loss"][0], "torch_loss": f32["loss"][1],
