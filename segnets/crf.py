@@ -279,6 +279,12 @@ def check_options(options, flag="--crf-opt"):
             raise ValueError(f"{flag}: method must be one of {METHODS}, got {value!r}")
         if key != "method" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"{flag}: {key} must be a number, got {value!r}")
+        if key == "iterations" and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"{flag}: iterations must be an int >= 0, got {value!r}")
+        if key.startswith("theta") and not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{flag}: {key} must be a finite number > 0, got {value!r}")
+        if key in ("w1", "w2") and not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag}: {key} must be a finite number >= 0, got {value!r}")
     return dict(options)
 
 

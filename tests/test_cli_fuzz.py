@@ -161,11 +161,15 @@ TRAIN_VALUES = {
     "--seed": st.one_of(bad_int(0), st.just(str(2**32))),
     "--lr": bad_float(), "--weight-decay": bad_float(), "--momentum": bad_float(below=1.0),
     "--net": junk_text(), "--dataset": junk_text(), "--optimizer": junk_text(), "--lr-schedule": junk_text(),
-    "--class-weights": junk_text(), "--device": junk_text(),
+    "--class-weights": junk_text(), "--device": junk_text(), "--threads": bad_int(), "--distributed": junk_text(),
 }
 OPTION_KEYS = ["image_size", "num_train", "num_val", "max_shapes", "fc_kernel", "pad100", "padding",
                "batch_norm", "learn_upsampling", "nonsense"]
 OPTION_VALUES = st.one_of(st.integers(-3, 3).map(str), st.sampled_from(["", "x", "nan", "1e9", "true", "none", "same"]))
+CRF_PAIRS = st.one_of(st.sampled_from(["iterations=-1", "iterations=1.5", "w1=-2", "w2=nan", "theta_alpha=0",
+                                       "theta_beta=inf", "theta_gamma=-1", "method=fast", "sxy=3", "w1", "=1"]),
+                      st.builds("{}={}".format, st.sampled_from(["iterations", "w1", "theta_alpha", "method"]),
+                                OPTION_VALUES))
 FILE_KINDS = ["missing", "folder", "empty", "random", "text", "truncated-ckpt", "plain-npz", "object-npz",
               "truncated-png", "rgb-as-ckpt"]
 
@@ -211,7 +215,13 @@ def train_case(draw, world):
 def evaluate_case(draw, world):
     fresh = world["root"] / f"fresh-{next(_counter)}"
     args = ["--checkpoint", world["earlier"] / "checkpoint_last.npz", "--output", fresh / "eval.json"]
-    kind = draw(st.sampled_from(["batch", "split", "dataset", "option", "checkpoint", "output"]))
+    kind = draw(st.sampled_from(["batch", "split", "dataset", "option", "checkpoint", "output", "crf", "png"]))
+    if kind == "crf":
+        pair = draw(CRF_PAIRS)
+        return args + ["--crf-opt", pair], ["--crf-opt"], fresh
+    if kind == "png":
+        target = draw(st.sampled_from([world["bad"]["folder"], world["image"] / "sub.png"]))
+        return args + ["--confusion-png", target], ["--confusion-png", target], fresh
     if kind == "batch":
         return args + ["--batch-size", draw(bad_int())], ["--batch-size"], fresh
     if kind == "split":
@@ -233,7 +243,13 @@ def evaluate_case(draw, world):
 def predict_case(draw, world):
     fresh = world["root"] / f"fresh-{next(_counter)}"
     ckpt = world["earlier"] / "checkpoint_last.npz"
-    kind = draw(st.sampled_from(["alpha", "checkpoint", "image", "output", "device"]))
+    kind = draw(st.sampled_from(["alpha", "checkpoint", "image", "output", "device", "crf", "onnx"]))
+    if kind == "onnx":
+        path = world["bad"][draw(st.sampled_from(FILE_KINDS))]
+        return ["--onnx", path, world["image"], "--output-dir", fresh], ["--onnx", path], fresh
+    if kind == "crf":
+        return ["--checkpoint", ckpt, world["image"], "--output-dir", fresh, "--crf-opt", draw(CRF_PAIRS)], \
+            ["--crf-opt"], fresh
     if kind == "alpha":
         value = draw(st.one_of(bad_float(), st.floats(min_value=1.0, exclude_min=True, allow_nan=False).map(repr)))
         return ["--checkpoint", ckpt, world["image"], "--output-dir", fresh, "--alpha", value], ["--alpha"], fresh

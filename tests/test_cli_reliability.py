@@ -351,3 +351,11 @@ def test_all_void_masks_are_refused_naming_the_split(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no pixel of the train split is labelled" in err and "ignore value 255" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["num_train=1e9", "num_train=inf", "num_val=2.5", "image_size=1e9"])
+def test_generated_data_sizes_that_cannot_fit_in_memory_are_refused(tmp_path, capsys, option):
+    assert train_mod.main(tiny(tmp_path / "run", extra=["--data-opt", option])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dataset shapes") and option.split("=")[0] in err
+    assert not (tmp_path / "run").exists()

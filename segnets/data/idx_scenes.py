@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from .base import DataError, SegmentationDataset
+from .shapes import item_count
 
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/share/datasets/mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -125,9 +126,7 @@ class IdxScenes(SegmentationDataset):
         if min(self.canvas) < ITEM or max(self.canvas) > 4096:
             raise ValueError(f"idx-scenes: canvas must be {ITEM}..4096 pixels a side, got {canvas!r}")
         self.threshold, self.max_items = float(threshold) * 255.0, int(max_items)
-        self.length = int(num_train if split == "train" else num_val)
-        if self.length <= 0:
-            raise DataError(f"idx-scenes: the {split} split would be empty (num_{split}={self.length})")
+        self.length = item_count(num_train if split == "train" else num_val, f"num_{split}", "idx-scenes")
         self.items, self.labels = load_idx_pair(self.data_dir, _SPLIT_FILES[split])
         if fashion is None:
             fashion = "fashion" in os.path.abspath(self.data_dir).lower()

@@ -33,6 +33,16 @@ _SPLIT_IDS = {"train": 0, "val": 1}
 
 
 MAX_SIZE = 4096  # generated images are held in memory: a bound that stops a typo (image_size=1e9) early
+MAX_ITEMS = 100_000  # the same for num_train / num_val (the cache would grow without bound)
+
+
+def item_count(value, name, dataset):
+    """``num_train`` / ``num_val`` as an int in 1..MAX_ITEMS, or a ValueError naming the option."""
+    whole = (not isinstance(value, bool) and isinstance(value, (int, np.integer, float)) and np.isfinite(value)
+             and value == int(value))
+    if not whole or not 1 <= value <= MAX_ITEMS:
+        raise ValueError(f"{dataset}: {name} must be a whole number 1..{MAX_ITEMS}, got {value!r}")
+    return int(value)
 
 
 class ShapesDataset(SegmentationDataset):
@@ -46,9 +56,7 @@ class ShapesDataset(SegmentationDataset):
         self.size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(map(int, image_size))
         if min(self.size) < 16 or max(self.size) > MAX_SIZE:
             raise ValueError(f"shapes: image_size must be 16..{MAX_SIZE}, got {image_size!r}")
-        self.length = int(num_train if split == "train" else num_val)
-        if self.length <= 0:
-            raise ValueError(f"shapes: the {split} split would be empty (num_{split}={self.length})")
+        self.length = item_count(num_train if split == "train" else num_val, f"num_{split}", "shapes")
         self._cache = {} if cache else None  # index -> (image, mask as uint8)
 
     def __len__(self):
