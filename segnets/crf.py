@@ -192,10 +192,16 @@ class PermutohedralLattice:
         up = down + (d + 1)
         rem0 = xp.where(up - elevated < elevated - down, up, down)
         total = xp.rint(rem0.sum(axis=1, keepdims=True) / (d + 1)).astype(np.int64)
-        order = xp.argsort(-(elevated - rem0), axis=1, kind="stable")
-        rank = xp.empty_like(order)
+        # rank of coordinate i: how many residuals are larger, ties going to the lower index
+        # (a stable descending sort; (d+1)^2 vector comparisons beat argsort for d <= 5).
+        residuals = xp.ascontiguousarray((elevated - rem0).T)
+        rank = xp.zeros((d + 1, n), dtype=np.int64)
+        for i in range(d + 1):
+            for j in range(d + 1):
+                if j != i:
+                    rank[i] += residuals[j] >= residuals[i] if j < i else residuals[j] > residuals[i]
+        rank = rank.T
         rows = xp.arange(n)[:, None]
-        rank[rows, order] = xp.arange(d + 1)[None, :]
         # Move onto the plane (coordinates summing to zero): wrap the ranks that overflow.
         over = (total > 0) & (rank >= d + 1 - total)
         under = (total < 0) & (rank < -total)
@@ -210,15 +216,18 @@ class PermutohedralLattice:
         bary[:, 0] += 1.0 + bary[:, d + 1]
         weights = bary[:, :d + 1]
         # Vertex r of each simplex: rem0 + r, minus d+1 on the coordinates of rank > d - r.
-        rem0 = rem0.astype(np.int64)
-        vertices = xp.stack([rem0[:, :d] + r - (d + 1) * (rank[:, :d] > d - r) for r in range(d + 1)])
-        low = int(vertices.min()) - (d + 1)
-        base = int(vertices.max()) - low + (d + 2)
+        # Hashed as one int64 each: digits (coordinate - low) in base ``base``, with a margin of
+        # d+1 around every vertex so that neighbours' codes (below) cannot alias other keys.
+        rem0 = rem0[:, :d].astype(np.int64)
+        low = int(rem0.min()) - 2 * (d + 1)
+        base = int(rem0.max()) + d - low + (d + 2)
         if base ** d >= 2 ** 62:
             raise ValueError(f"permutohedral lattice: features span too far to hash ({base}^{d} cells); "
                              "scale them down (larger thetas)")
         powers = xp.asarray([base ** k for k in range(d)], dtype=np.int64)
-        codes = ((vertices - low) * powers).sum(axis=2).reshape(-1)  # (d+1) * n, vertex-major
+        origin = (rem0 - low).dot(powers)
+        codes = xp.concatenate([origin + r * int(powers.sum()) - (d + 1) * (rank[:, :d] > d - r).astype(np.int64).dot(powers)
+                                for r in range(d + 1)])  # (d+1) * n, vertex-major
         self.keys, index = xp.unique(codes, return_inverse=True)
         self.m = m = self.keys.shape[0]
         index = index.reshape(d + 1, n)
