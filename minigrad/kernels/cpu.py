@@ -4,13 +4,15 @@ The same functions, arguments and results as ``minigrad.kernels.cuda`` (where bo
 each computing what the generic array code computes (tests/test_kernels.py compares them):
 im2col (also batch-folded), col2im, max_pool2d, scatter_to_planes / gather_from_planes (the
 max-pool gradient and unpooling), batch norm's channel_sums / channel_affine /
-batch_norm_input_grad, relu / relu_grad and sgd_update. (No cross-entropy kernel: one that
+batch_norm_input_grad, relu / relu_grad, sgd_update, and the matrix products ``matmul``
+(the convolutions' grouped forms) and ``batched_matmul`` (``minigrad.matmul``, ``linear``),
+split over the pool as single-threaded OpenBLAS calls. (No cross-entropy kernel: one that
 looped over the classes per pixel, as the CUDA kernel does, took 2.4x the CPU time of the
 generic NumPy code, whose exp runs on SIMD units; see benchmarks/README.md.)
 
 NumPy runs its copies and ufuncs on one core; these loops split the work over
-``minigrad.get_num_threads()`` threads, which is why they exist (the matrix products are
-already threaded by OpenBLAS). Each kernel is compiled serial and without the GIL (``nogil``)
+``minigrad.get_num_threads()`` threads, which is why they exist. Each kernel is compiled
+serial and without the GIL (``nogil``)
 and handles a range of planes or elements; a persistent thread pool runs the shares at once.
 (numba's own ``parallel=True`` was measured too: it took ~5x longer to compile, and its
 default threading layer may not be entered from two Python threads at once.)
@@ -18,8 +20,8 @@ default threading layer may not be entered from two Python threads at once.)
 numba is optional (``pip install minigrad[cpu]``); without it ``AVAILABLE`` is False and the
 ops run the generic NumPy code. Compiled code is cached on disk (``cache=True``, numba's
 cache directory rules), so only a machine's first run compiles (a few seconds per dtype).
-Reductions accumulate in float64 (per thread share, then in a fixed order): deterministic for
-a given thread count. ``MINIGRAD_CPU_KERNELS=0`` switches all of them off.
+Reductions accumulate in float64, per (n, c) plane, then the planes in a fixed order: the same
+result for any thread count. ``MINIGRAD_CPU_KERNELS=0`` switches all of them off.
 """
 import math
 import threading
