@@ -36,6 +36,11 @@ images on a CPU.
   is 2x2: ``fc_kernel=1`` keeps the 2x2 map (2 also fits, and squeezes it to 1x1).
 * U-Net's unpadded ("valid") 3x3 convs need inputs of at least 188 px, so
   ``padding="same"``; ``batch_norm`` lets it train quickly from scratch.
+* DeepLab-LargeFOV, DeepLab v2 (VGG16) and SegNet: Adam 3e-3 with the poly schedule, not the
+  papers' SGD (see the comment at their entries); the atrous rates are scaled to 64x64 crops. From
+  scratch they are slow starters here: in 12-15 epochs on 32x32 shapes (the README's runs, on a
+  heavily shared machine) none left the all-background solution; the papers fine-tune from
+  ImageNet VGG16 (``--init-weights``).
 """
 import copy
 
