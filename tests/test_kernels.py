@@ -47,6 +47,7 @@ def both(fn):
 def threads(request, monkeypatch):
     """Run a test with 1 and with 3 kernel threads; every share is big enough to be split."""
     monkeypatch.setattr(cpu, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(cpu, "_MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(threads_module, "_threads", request.param)   # the kernels' pool only, not BLAS's
     yield request.param
 

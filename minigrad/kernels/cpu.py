@@ -216,9 +216,12 @@ if AVAILABLE:
 # ---------------------------------------------------------------------- the thread pool
 _pool = None
 _pool_lock = threading.Lock()
-# Below this many elements a pass runs on the calling thread: handing shares to the pool
-# costs ~20-50 us, more than the work.
-_MIN_PARALLEL = 1 << 15
+# Below this many elements a pass runs on the calling thread: handing a share to a pooled thread
+# costs tens of microseconds (measured on the loaded 2-core machine: a ReLU of 2^18 floats took
+# 30-41 us on one thread, 83-97 us split in two), about what one thread needs for 2^18 elements.
+_MIN_PARALLEL = 1 << 18
+# Products with fewer multiply-adds than this run as one call (~0.2 ms of one thread's work).
+_MIN_PARALLEL_MACS = 1 << 23
 
 
 def _run(kernel, count, elements, *args):
@@ -458,13 +461,14 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
     threads = get_num_threads()
     m_n = out.shape[-2] * out.shape[-1]
     k = a.shape[-2] if transpose_a else a.shape[-1]
-    if threads <= 1 or out.size * k < 4 * _MIN_PARALLEL * 64:   # small products: one call
+    if threads <= 1 or out.size * k < _MIN_PARALLEL_MACS:   # small products: one call
         return _product(a, b, out, transpose_a, transpose_b, accumulate)
     if out.ndim > 2 and out.shape[0] >= threads and out.shape[0] * m_n == out.size:
         axis, count = 0, out.shape[0]
     else:
         axis, count = -1, out.shape[-1]
-    _run(_share_runner, count, out.size * k, a, b, out, transpose_a, transpose_b, accumulate, axis)
+    _run(_share_runner, count, max(out.size * k, _MIN_PARALLEL), a, b, out, transpose_a, transpose_b, accumulate,
+         axis)
     return out
 
 
