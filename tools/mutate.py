@@ -242,7 +242,10 @@ def make_copy(tree, parent):
     target = tempfile.mkdtemp(prefix="mutant-", dir=parent)
     if tree == "head":
         with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", "HEAD"))) as archive:
-            archive.extractall(target)
+            try:
+                archive.extractall(target, filter="data")
+            except TypeError:  # Python without extraction filters
+                archive.extractall(target)
     else:
         for name in _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").decode().split("\0"):
             source = os.path.join(ROOT, name)
