@@ -417,9 +417,10 @@ def run_net(ctx, net, size, peaks=None, memory=True):
     if ctx.device == "gpu" and memory:
         peaks = {lib: gpu_peak(t, torch, base[lib]) for lib, t in (("minigrad", mg), ("torch", th))}
     if peaks:
-        row["peak_mb"] = {lib: peaks[lib]["total_mb"] for lib in peaks}
-        row["step_mb"] = {lib: peaks[lib]["step_mb"] for lib in peaks}
-        row["first_step_s"] = {lib: peaks[lib].get("first_step_s") for lib in peaks if lib in ("minigrad", "torch")}
+        libs = [lib for lib in ("minigrad", "torch") if lib in peaks]
+        row["peak_mb"] = {lib: peaks[lib]["total_mb"] for lib in libs}
+        row["step_mb"] = {lib: peaks[lib]["step_mb"] for lib in libs}
+        row["first_step_s"] = {lib: peaks[lib].get("first_step_s") for lib in libs}
         if "minigrad_cold" in peaks:
             row["first_step_s"]["minigrad_cold"] = peaks["minigrad_cold"].get("first_step_s")
     return row
