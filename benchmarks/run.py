@@ -4,7 +4,8 @@
     python -m benchmarks.run --device gpu --suite all            # needs CuPy and a CUDA PyTorch
     python -m benchmarks.run --device cpu --suite all --quick    # every case once at tiny sizes
 
-Writes ``<output-dir>/<device>-<date>[-<suite>][-quick].json`` and ``.md``; the exit
+Writes ``<output-dir>/<device>-<date>[-<suite>][-<N>thread][-quick].json`` and ``.md``
+(``-2``, ``-3``, ... where an earlier run has the name); the exit
 status is 1 when any case failed (its row then carries the error).
 """
 import argparse
@@ -52,6 +53,8 @@ def output_stem(args, date):
     stem = f"{args.device}-{date}"
     if args.suite != "all":
         stem += f"-{args.suite}"
+    if args.threads is not None:
+        stem += f"-{args.threads}thread"
     return stem + ("-quick" if args.quick else "")
 
 
@@ -91,9 +94,14 @@ def count_errors(results):
 
 def write(results, output_dir, stem):
     os.makedirs(output_dir, exist_ok=True)
+    taken = lambda s: any(os.path.exists(os.path.join(output_dir, s + ext)) for ext in (".json", ".md"))
+    base, n = stem, 1
+    while taken(stem):                                # never overwrite an earlier run's results
+        n += 1
+        stem = f"{base}-{n}"
     json_path = os.path.join(output_dir, stem + ".json")
     md_path = os.path.join(output_dir, stem + ".md")
-    with open(json_path, "w") as f:
+    with open(json_path, "x") as f:
         json.dump(results, f, indent=1, default=float)
     with open(md_path, "w") as f:
         f.write(report.markdown(results))

@@ -226,3 +226,16 @@ def test_profile_step_charges_every_op_and_restores_result(capsys):
     assert sys.modules["minigrad.tensor"]._result is original
     from minigrad.functional import conv
     assert conv._result is original
+
+
+def test_result_files_name_the_thread_count_and_never_overwrite_an_earlier_run(tmp_path, monkeypatch):
+    from benchmarks import report
+    from benchmarks.run import output_stem, parse_args, write
+    monkeypatch.setattr(report, "markdown", lambda results: f"table {results['run']}")
+    assert output_stem(parse_args(["--device", "cpu", "--threads", "1"]), "2026-11-30") == "cpu-2026-11-30-1thread"
+    assert output_stem(parse_args(["--device", "cpu", "--suite", "ops"]), "2026-11-30") == "cpu-2026-11-30-ops"
+    first = write({"run": 1}, str(tmp_path), "cpu-x")
+    second = write({"run": 2}, str(tmp_path), "cpu-x")
+    assert [os.path.basename(p) for p in first] == ["cpu-x.json", "cpu-x.md"]
+    assert [os.path.basename(p) for p in second] == ["cpu-x-2.json", "cpu-x-2.md"]
+    assert json.loads(Path(first[0]).read_text()) == {"run": 1} and Path(first[1]).read_text() == "table 1"
