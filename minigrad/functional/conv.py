@@ -261,6 +261,11 @@ def _matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
             k = b.shape[-2] if transpose_b else b.shape[-1]
             out = xp.empty(b.shape[:-2] + (m, k), dtype=a.dtype)
         return fast(a, b, out, transpose_a, transpose_b, accumulate)
+    return generic_matmul(a, b, out, transpose_a, transpose_b, accumulate)
+
+
+def generic_matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
+    """``_matmul``'s generic code on any array module (also what each share of the CPU kernel runs)."""
     xp = get_array_module(a)
     if transpose_a:
         a = a.swapaxes(-1, -2)

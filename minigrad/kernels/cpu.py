@@ -420,22 +420,9 @@ def claim_blas():
 
 
 def _product(a, b, out, transpose_a, transpose_b, accumulate):
-    """The generic product of ``minigrad.functional.conv._matmul`` on NumPy (BLAS-friendly forms)."""
-    if transpose_a:
-        a = a.swapaxes(-1, -2)
-    if transpose_b:
-        product = np.matmul(b, a.swapaxes(-1, -2)).swapaxes(-1, -2)
-    elif accumulate or out is None:
-        product = np.matmul(a, b)
-    else:
-        return np.matmul(a, b, out=out)
-    if out is None:
-        return product
-    if accumulate:
-        out += product
-    else:
-        out[...] = product
-    return out
+    """The generic product (``minigrad.functional.conv.generic_matmul``) on a share, single-threaded BLAS."""
+    from ..functional.conv import generic_matmul  # functional imports kernels: resolved at call time
+    return generic_matmul(a, b, out, transpose_a, transpose_b, accumulate)
 
 
 def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
