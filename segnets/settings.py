@@ -101,10 +101,11 @@ SEED = Number(int, minimum=0, maximum=2**32 - 1)  # NumPy's legacy seed range
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m segnets.train",
-        description="Train a semantic-segmentation net (FCN-32s/16s/8s, DeconvNet, U-Net) with minigrad. "
-                    "Every net has a default recipe (segnets/recipes.py) that trains on the embedded "
-                    "'shapes' data in about ten minutes on a 2-core CPU; the flags below override it "
-                    "([recipe] marks the values that come from it).",
+        description="Train a semantic-segmentation net (FCN, DeconvNet, U-Net, DeepLab v1/v2/v3/v3+, SegNet, "
+                    "PSPNet: --net lists them) with minigrad. Every net has a default recipe "
+                    "(segnets/recipes.py) on the embedded 'shapes' data (FCN, DeconvNet and U-Net train "
+                    "in about ten minutes on a 2-core CPU, the ResNet nets far longer); the flags below "
+                    "override it ([recipe] marks the values that come from it).",
         epilog="default recipes (segnets/recipes.py):\n" + recipes.describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", choices=NETS, help="network to train (required unless --resume)")
