@@ -151,7 +151,10 @@ def test_cli_dynamic_export_runs_other_batches_and_sizes(name, tmp_path, capsys)
         with minigrad.no_grad():
             ref = model(minigrad.Tensor(x)).numpy()
         assert_close([ref], [logits])
-        assert_close([ref.argmax(axis=1)], [labels])
+        top2 = np.sort(ref, axis=1)[:, -2:]                   # labels where no float32 near-tie decides
+        decided = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(ref).max()
+        assert decided.mean() > 0.9
+        np.testing.assert_array_equal(labels[decided], ref.argmax(axis=1)[decided])
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
