@@ -12,15 +12,7 @@ ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 
 import minigrad.onnx as mx  # noqa: E402
 
 
-class Fn(nn.Module):
-    def __init__(self, fn, **params):
-        super().__init__()
-        self.fn = fn
-        for name, value in params.items():
-            setattr(self, name, value)
-
-    def forward(self, *xs):
-        return self.fn(self, *xs)
+from tests.test_onnx import Fn  # noqa: E402  (a module around the op under test)
 
 
 def run_both(model, *arrays):

@@ -26,7 +26,7 @@ from minigrad import functional as F
 from minigrad import nn
 
 from .common import SegmentationNet, SizeRule, check_int
-from .vgg import add_vgg16_convs, vgg16_names, vgg16_stage
+from .vgg import add_vgg16_convs, vgg16_bn_encoder_with_switches
 
 # Per decoder stage (deepest first): its number and the width multiplier of each transposed conv.
 DECODER = ((5, (8, 8, 8)), (4, (8, 8, 4)), (3, (4, 4, 2)), (2, (2, 1)), (1, (1, 1)))
@@ -63,12 +63,7 @@ class DeconvNet(SegmentationNet):
 
     def forward(self, x):
         self.check_input(x)
-        switches = {}
-        for stage, names in enumerate(vgg16_names(), start=1):
-            x = vgg16_stage(self, x, names, batch_norm=True)
-            pooled_size = x.shape[-2:]
-            x, indices = getattr(self, f"pool{stage}")(x)
-            switches[stage] = (indices, pooled_size)
+        x, switches = vgg16_bn_encoder_with_switches(self, x)
         x = F.relu(self.bnfc6(self.fc6(x)))
         x = F.relu(self.bnfc7(self.fc7(x)))
         x = F.relu(self.fc6_deconv_bn(self.fc6_deconv(x)))

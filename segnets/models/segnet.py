@@ -29,7 +29,7 @@ from minigrad import functional as F
 from minigrad import nn
 
 from .common import SegmentationNet, SizeRule
-from .vgg import add_vgg16_convs, vgg16_names, vgg16_stage
+from .vgg import add_vgg16_convs, vgg16_bn_encoder_with_switches
 
 # Per decoder stage (deepest first): its number and the width multiplier of each conv's output,
 # conv{stage}_{count}_D first. None: the classes (conv1_1_D).
@@ -69,12 +69,7 @@ class SegNet(SegmentationNet):
 
     def forward(self, x):
         self.check_input(x)
-        switches = {}
-        for stage, names in enumerate(vgg16_names(), start=1):
-            x = vgg16_stage(self, x, names, batch_norm=True)
-            pooled_size = x.shape[-2:]
-            x, indices = getattr(self, f"pool{stage}")(x)
-            switches[stage] = (indices, pooled_size)
+        x, switches = vgg16_bn_encoder_with_switches(self, x)
         for stage, mults in DECODER:
             indices, pooled_size = switches[stage]
             x = getattr(self, f"unpool{stage}")(x, indices, output_size=pooled_size)

@@ -48,6 +48,20 @@ def vgg16_stage(net, x, names, batch_norm=False):
     return x
 
 
+def vgg16_bn_encoder_with_switches(net, x):
+    """VGG16-BN's five stages, each pool (``net.poolS``) keeping its switches (DeconvNet, SegNet).
+
+    Returns the pool5 output and ``{stage: (indices, size before the pool)}`` for the unpoolings.
+    """
+    switches = {}
+    for stage, names in enumerate(vgg16_names(), start=1):
+        x = vgg16_stage(net, x, names, batch_norm=True)
+        pooled_size = x.shape[-2:]
+        x, indices = getattr(net, f"pool{stage}")(x)
+        switches[stage] = (indices, pooled_size)
+    return x, switches
+
+
 # ---------------------------------------------------------------- torchvision's vgg16 / vgg16_bn keys
 def is_torchvision_vgg(state_dict):
     return any(key.startswith("features.") for key in state_dict)
