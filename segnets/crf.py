@@ -276,6 +276,8 @@ def _sparse_module(xp):
 
 # ---------------------------------------------------------------- on a net's batch (segnets.evaluate / predict --crf)
 CRF_OPTIONS = ("iterations", "w1", "theta_alpha", "theta_beta", "w2", "theta_gamma", "method")
+CRF_OPT_HELP = ("dense CRF option, repeatable: iterations, w1, theta_alpha, theta_beta, w2, theta_gamma "
+                "(colours 0-255, distances in pixels), method=lattice|exact")  # --crf-opt of evaluate and predict
 
 
 def check_options(options, flag="--crf-opt"):

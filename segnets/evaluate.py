@@ -18,6 +18,7 @@ import minigrad
 from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .crf import CRF_OPT_HELP
 from .data import IGNORE_INDEX, DataError, DataLoader, build_dataset
 from .models.common import center_crop
 from .predict import NetInputTransform, input_geometry
@@ -107,8 +108,7 @@ def build_parser():
                    help="also post-process the net's probabilities with the dense CRF (segnets.crf, DeepLab's "
                         "defaults) and report the metrics before and after")
     p.add_argument("--crf-opt", action="append", metavar="KEY=VALUE",
-                   help="dense CRF option, repeatable: iterations, w1, theta_alpha, theta_beta, w2, theta_gamma "
-                        "(colours 0-255, distances in pixels), method=lattice|exact")
+                   help=CRF_OPT_HELP)
     p.add_argument("--confusion-png", metavar="FILE",
                    help="also draw the confusion matrix (rows: true class, columns: predicted, shaded by the "
                         "row's share) with the class names on both axes into this PNG")

@@ -20,6 +20,7 @@ import minigrad
 from minigrad import backend
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .crf import CRF_OPT_HELP
 from .data.base import IGNORE_INDEX
 from .data.transforms import normalize, pad_bottom_right
 from .recipes import SettingsError
@@ -139,8 +140,7 @@ def build_parser():
                    help="refine the net's labels with the dense CRF (segnets.crf, DeepLab's defaults; "
                         "with --checkpoint)")
     p.add_argument("--crf-opt", action="append", metavar="KEY=VALUE",
-                   help="dense CRF option, repeatable: iterations, w1, theta_alpha, theta_beta, w2, theta_gamma "
-                        "(colours 0-255, distances in pixels), method=lattice|exact")
+                   help=CRF_OPT_HELP)
     p.add_argument("--alpha", type=Number(float, minimum=0.0, maximum=1.0), default=0.5,
                    help="opacity of the colours in the overlay, 0..1 [default: 0.5]")
     return p

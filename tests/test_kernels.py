@@ -23,6 +23,7 @@ if os.environ.get("MINIGRAD_CPU_KERNELS", "1") == "0":
 import minigrad as mg  # noqa: E402
 import minigrad.functional as F  # noqa: E402
 from minigrad import kernels  # noqa: E402
+from tests.test_conv import conv_problems as conv_geometries  # noqa: E402
 from minigrad import threads as threads_module  # noqa: E402
 from minigrad.functional.im2col import col2im, conv_output_size, im2col  # noqa: E402
 from minigrad.kernels import cpu  # noqa: E402
@@ -308,18 +309,9 @@ def test_linear_matches_generic(threads, dtype):
 # -------------------------------------------------------------- whole convolutions, property-drawn
 @st.composite
 def conv_problems(draw):
-    """The geometries test_conv.py's properties draw, with float32 or float64."""
-    groups = draw(st.integers(1, 2))
-    c, o = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 6))
-    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 6))
-    return dict(n=draw(st.integers(1, 3)), c=c, o=o, h=h, w=w, kernel=(kh, kw), groups=groups,
-                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), seed=draw(st.integers(0, 2 ** 31)),
-                dtype=draw(st.sampled_from(DTYPES)), budget=draw(st.sampled_from([None, 1])))
+    """The geometries test_conv.py's properties draw, in float32 or float64, with or without row tiles."""
+    problem = draw(conv_geometries())
+    return dict(problem, dtype=draw(st.sampled_from(DTYPES)), budget=draw(st.sampled_from([None, 1])))
 
 
 @settings(max_examples=40, deadline=None)
