@@ -97,17 +97,18 @@ class DeepLabV2(_Net):
 
     align_corners = False
 
-    def __init__(self, num_classes, in_channels=3, width=64):
+    def __init__(self, num_classes, in_channels=3, width=64, atrous_rates=(6, 12, 18, 24)):
         super().__init__()
+        self.rates = tuple(atrous_rates)
         dil = [[1] * 3, [1] * 4, [2] * 23, [4] * 3]
         self.backbone = ResNet(101, in_channels, width, (1, 2, 1, 1), dil, stride_in_1x1=True, ceil_mode=True)
         self.aspp = nn.Module()
-        for i, rate in enumerate((6, 12, 18, 24)):
+        for i, rate in enumerate(self.rates):
             self.aspp.add_module(f"c{i}", nn.Conv2d(32 * width, num_classes, 3, padding=rate, dilation=rate))
 
     def logits(self, stages, size):
         x = stages[-1]
-        return _up(sum(getattr(self.aspp, f"c{i}")(x) for i in range(4)), size, False)
+        return _up(sum(getattr(self.aspp, f"c{i}")(x) for i in range(len(self.rates))), size, False)
 
 
 def _cbr(cin, cout, k=1, dilation=1):
@@ -130,7 +131,7 @@ class TorchvisionASPP(nn.Module):
         self.convs = nn.ModuleList([nn.Sequential(*_cbr(cin, cout))]
                                    + [nn.Sequential(*_cbr(cin, cout, 3, r)) for r in rates]
                                    + [Pooling(cin, cout, False)])
-        self.project = nn.Sequential(*_cbr(5 * cout, cout), nn.Dropout(0.5))
+        self.project = nn.Sequential(*_cbr((len(rates) + 2) * cout, cout), nn.Dropout(0.5))
 
     def forward(self, x):
         return self.project(torch.cat([c(x) for c in self.convs], dim=1))
@@ -142,17 +143,23 @@ def _fcn_head(cin, num_classes, dropout2d=False):
 
 
 class DeepLabV3(_Net):
-    """torchvision's deeplabv3_resnet101: OS 8, first block of a dilated layer at the previous dilation."""
+    """torchvision's deeplabv3_resnet101: OS 8 (or 16: torchvision's resnet with replace_stride_with_dilation
+    [False, False, True]), first block of a dilated layer at the previous dilation."""
 
     align_corners = False
     aux_name = "aux_classifier"
 
-    def __init__(self, num_classes, in_channels=3, width=64, aux_loss=False):
+    def __init__(self, num_classes, in_channels=3, width=64, aux_loss=False, output_stride=8, atrous_rates=None):
         super().__init__()
-        dil = [[1] * 3, [1] * 4, [1] + [2] * 22, [2] + [4] * 2]
-        self.backbone = ResNet(101, in_channels, width, (1, 2, 1, 1), dil)
+        if output_stride == 8:
+            strides, dil = (1, 2, 1, 1), [[1] * 3, [1] * 4, [1] + [2] * 22, [2] + [4] * 2]
+        else:
+            strides, dil = (1, 2, 2, 1), [[1] * 3, [1] * 4, [1] * 23, [1] + [2] * 2]
+        if atrous_rates is None:
+            atrous_rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
+        self.backbone = ResNet(101, in_channels, width, strides, dil)
         c, h = 32 * width, 4 * width
-        self.classifier = nn.Sequential(TorchvisionASPP(c, (12, 24, 36), h), *_cbr(h, h, 3),
+        self.classifier = nn.Sequential(TorchvisionASPP(c, tuple(atrous_rates), h), *_cbr(h, h, 3),
                                         nn.Conv2d(h, num_classes, 1))
         self.aux_classifier = _fcn_head(c // 2, num_classes) if aux_loss else None
 
@@ -180,7 +187,7 @@ def _conv3(cin, cout, dilation, separable):
 class Branch(nn.Module):
     def __init__(self, cin, cout, rate, separable):
         super().__init__()
-        self.atrous_conv = nn.Conv2d(cin, cout, 1, bias=False) if rate == 1 else _conv3(cin, cout, rate, separable)
+        self.atrous_conv = nn.Conv2d(cin, cout, 1, bias=False) if rate is None else _conv3(cin, cout, rate, separable)
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x):
@@ -188,23 +195,26 @@ class Branch(nn.Module):
 
 
 class DeepLabV3Plus(_Net):
-    """jfzhang95: OS 16 (layer4 dilation 2 x (1, 2, 4)) or 8; ASPP 1/6/12/18; layer1 decoder; align_corners=True."""
+    """jfzhang95: OS 16 (layer4 dilation 2 x (1, 2, 4)) or 8; ASPP 1x1 + 3x3 at 6/12/18 (doubled at OS 8, or
+    ``atrous_rates``); layer1 decoder; align_corners=True."""
 
     align_corners = True
 
-    def __init__(self, num_classes, in_channels=3, width=64, output_stride=16, separable=False):
+    def __init__(self, num_classes, in_channels=3, width=64, output_stride=16, separable=False, atrous_rates=None):
         super().__init__()
         if output_stride == 16:
-            strides, dil, rates = (1, 2, 2, 1), [[1] * 3, [1] * 4, [1] * 23, [2, 4, 8]], (1, 6, 12, 18)
+            strides, dil, rates = (1, 2, 2, 1), [[1] * 3, [1] * 4, [1] * 23, [2, 4, 8]], (6, 12, 18)
         else:
-            strides, dil, rates = (1, 2, 1, 1), [[1] * 3, [1] * 4, [2] * 23, [4, 8, 16]], (1, 12, 24, 36)
+            strides, dil, rates = (1, 2, 1, 1), [[1] * 3, [1] * 4, [2] * 23, [4, 8, 16]], (12, 24, 36)
+        rates = (None,) + tuple(rates if atrous_rates is None else atrous_rates)  # None: the 1x1 branch
+        self.branches = len(rates)
         self.backbone = ResNet(101, in_channels, width, strides, dil)
         c, h, low = 32 * width, 4 * width, max(1, 3 * width // 4)
         self.aspp = nn.Module()
         for i, r in enumerate(rates, start=1):
             self.aspp.add_module(f"aspp{i}", Branch(c, h, r, separable))
         self.aspp.global_avg_pool = Pooling(c, h, True)
-        self.aspp.conv1, self.aspp.bn1 = nn.Conv2d(5 * h, h, 1, bias=False), nn.BatchNorm2d(h)
+        self.aspp.conv1, self.aspp.bn1 = nn.Conv2d((len(rates) + 1) * h, h, 1, bias=False), nn.BatchNorm2d(h)
         self.aspp.dropout = nn.Dropout(0.5)
         self.decoder = nn.Module()
         self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(4 * width, low, 1, bias=False), nn.BatchNorm2d(low)
@@ -215,7 +225,7 @@ class DeepLabV3Plus(_Net):
     def logits(self, stages, size):
         a = self.aspp
         x = stages[-1]
-        x = torch.cat([getattr(a, f"aspp{i}")(x) for i in range(1, 5)] + [a.global_avg_pool(x)], dim=1)
+        x = torch.cat([getattr(a, f"aspp{i}")(x) for i in range(1, self.branches + 1)] + [a.global_avg_pool(x)], dim=1)
         x = a.dropout(F.relu(a.bn1(a.conv1(x))))
         d = self.decoder
         low = F.relu(d.bn1(d.conv1(stages[0])))

@@ -32,11 +32,75 @@ def _no_random_init(monkeypatch):
     ("pspnet101", {}, 65_708_501),
     ("pspnet50", {"aux_loss": True}, 49_081_578),
     ("pspnet101", {"aux_loss": True}, 68_073_706),
+    # atrous_rates / output_stride change dilations, not parameters; the defaults are the references' rates
+    ("deeplabv2_resnet101", {"atrous_rates": "1,2,3,4"}, 44_048_532),
+    ("deeplabv3_resnet101", {"atrous_rates": [1, 2, 3], "output_stride": 16}, 58_630_997),
+    ("deeplabv3plus_resnet101", {"atrous_rates": (1, 2, 3), "output_stride": 8}, 59_344_309),
 ])
 def test_full_size_parameter_counts(name, options, total, monkeypatch):
     _no_random_init(monkeypatch)
     model = segnets.build_model(name, 21, **options)
     assert model.num_parameters() == model.num_parameters(only_trainable=True) == total
+
+
+def test_atrous_rates_count_by_hand(monkeypatch):
+    """Each rate is one branch: two rates instead of three drop a 3x3 branch (2048 -> 256, with BN) and
+    256 input channels of the 1x1 projection (torchvision's and jfzhang95's ASPP alike); v2 sums its branches
+    (2048 -> 21, with bias), so one rate fewer is one conv fewer."""
+    _no_random_init(monkeypatch)
+    branch, projection = 2048 * 256 * 9 + 2 * 256, 256 * 256
+    assert segnets.build_model("deeplabv3_resnet101", 21, atrous_rates="6,12").num_parameters() \
+        == 58_630_997 - branch - projection
+    assert segnets.build_model("deeplabv3plus_resnet101", 21, atrous_rates=[1, 2, 3, 4]).num_parameters() \
+        == 59_344_309 + branch + projection
+    assert segnets.build_model("deeplabv2_resnet101", 21, atrous_rates=6).num_parameters() \
+        == 44_048_532 - 3 * (2048 * 21 * 9 + 21)
+
+
+@pytest.mark.parametrize("name, options, dilations", [
+    ("deeplabv2_resnet101", {}, (6, 12, 18, 24)),
+    ("deeplabv2_resnet101", {"atrous_rates": "1,2,3,4"}, (1, 2, 3, 4)),
+    ("deeplabv3_resnet101", {}, (12, 24, 36)),
+    ("deeplabv3_resnet101", {"output_stride": 16}, (6, 12, 18)),      # the DeepLab v3 paper's rates at OS 16
+    ("deeplabv3_resnet101", {"atrous_rates": [1, 2, 3]}, (1, 2, 3)),
+    ("deeplabv3plus_resnet101", {}, (6, 12, 18)),
+    ("deeplabv3plus_resnet101", {"output_stride": 8}, (12, 24, 36)),  # jfzhang95 doubles them at OS 8
+    ("deeplabv3plus_resnet101", {"output_stride": 8, "atrous_rates": "1,2,3"}, (1, 2, 3)),
+])
+def test_atrous_rates_reach_the_aspp_convs(name, options, dilations):
+    """Every dilated branch is a 3x3 conv padded by its rate (rate 1 too: only v3+'s first branch is 1x1)."""
+    model = segnets.build_model(name, 2, width=1, **options)
+    if name == "deeplabv2_resnet101":
+        convs = [getattr(model.aspp, f"c{k}") for k in range(len(dilations))]
+    elif name == "deeplabv3_resnet101":
+        convs = [branch[0] for branch in model.classifier[0].convs[1:-1]]
+        assert model.classifier[0].convs[0][0].kernel_size == (1, 1)
+    else:
+        convs = [getattr(model.aspp, f"aspp{k}").atrous_conv for k in range(2, len(dilations) + 2)]
+        assert model.aspp.aspp1.atrous_conv.kernel_size == (1, 1)
+        assert not hasattr(model.aspp, f"aspp{len(dilations) + 2}")
+    assert [conv.dilation for conv in convs] == [(r, r) for r in dilations]
+    assert [conv.padding for conv in convs] == [(r, r) for r in dilations]
+    assert all(conv.kernel_size == (3, 3) for conv in convs)
+    assert model.config["atrous_rates"] == list(dilations)
+    assert segnets.build_model(**model.config).config == model.config
+    default_stride = 16 if name == "deeplabv3plus_resnet101" else 8
+    assert model.backbone.output_stride == options.get("output_stride", default_stride)
+
+
+def test_a_rate_at_least_the_map_size_leaves_only_the_centre_tap():
+    """Why the option exists: a 64x64 crop gives an 8x8 map at output stride 8, where torchvision's rate-12
+    branch reads zero padding at all eight outer taps, so it computes the 1x1 conv of its centre weights."""
+    model = segnets.build_model("deeplabv3_resnet101", 2, width=1).eval()
+    conv = model.classifier[0].convs[1][0]
+    assert conv.dilation == (12, 12)
+    x = minigrad.Tensor(np.random.default_rng(0).standard_normal((1, 32, 8, 8)).astype(np.float32))
+    centre = np.einsum("oc,nchw->nohw", conv.weight.numpy()[:, :, 1, 1], x.numpy())
+    np.testing.assert_allclose(conv(x).numpy(), centre, rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError):  # at rate 1 the outer taps count
+        small = segnets.build_model("deeplabv3_resnet101", 2, width=1, atrous_rates="1,2,3").classifier[0].convs[1][0]
+        np.testing.assert_allclose(small(x).numpy(), np.einsum("oc,nchw->nohw", small.weight.numpy()[:, :, 1, 1],
+                                                               x.numpy()), rtol=1e-5, atol=1e-6)
 
 
 def test_separable_count_by_hand(monkeypatch):
@@ -129,6 +193,13 @@ def test_resnet_bad_options(kwargs, message):
 
 @pytest.mark.parametrize("name, options, message", [
     ("deeplabv3plus_resnet101", {"output_stride": 32}, "output_stride must be 8 or 16"),
+    ("deeplabv3_resnet101", {"output_stride": 4}, "output_stride must be 8 or 16"),
+    ("deeplabv3_resnet101", {"atrous_rates": "6,x,18"}, "atrous_rates must be comma-separated ints >= 1"),
+    ("deeplabv3_resnet101", {"atrous_rates": "6,0"}, "atrous_rates must be ints >= 1 .* got 0"),
+    ("deeplabv3plus_resnet101", {"atrous_rates": []}, "atrous_rates must name at least one"),
+    ("deeplabv3plus_resnet101", {"atrous_rates": [6, 2.5]}, "atrous_rates must be ints >= 1 .* got 2.5"),
+    ("deeplabv2_resnet101", {"atrous_rates": -6}, "atrous_rates must be ints >= 1"),
+    ("deeplabv2_resnet101", {"atrous_rates": 1.5}, "atrous_rates must be a sequence of ints"),
     ("deeplabv3_resnet101", {"aux_loss": "yes"}, "aux_loss must be True or False"),
     ("pspnet50", {"aux_loss": None}, "aux_loss must be True or False"),
 ])
@@ -139,18 +210,20 @@ def test_bad_net_options(name, options, message):
 
 def test_registry_options_and_config():
     assert set(NETS) <= set(segnets.MODELS)
-    assert segnets.options_of("deeplabv3plus_resnet101") == ["output_stride", "separable"]
+    assert segnets.options_of("deeplabv3plus_resnet101") == ["output_stride", "separable", "atrous_rates"]
+    assert segnets.options_of("deeplabv3_resnet101") == ["aux_loss", "output_stride", "atrous_rates"]
     assert segnets.options_of("pspnet101") == ["aux_loss"]
-    assert segnets.options_of("deeplabv2_resnet101") == []
+    assert segnets.options_of("deeplabv2_resnet101") == ["atrous_rates"]
     model = segnets.build_model("deeplabv3_resnet101", 4, in_channels=1, width=1, aux_loss=True)
     assert model.config == {"name": "deeplabv3_resnet101", "num_classes": 4, "in_channels": 1, "width": 1,
-                            "aux_loss": True}
+                            "aux_loss": True, "output_stride": 8, "atrous_rates": [12, 24, 36]}
     again = segnets.build_model(**model.config)
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------- outputs and the aux contract
 @pytest.mark.parametrize("name, options", [("deeplabv2_resnet101", {}), ("deeplabv3_resnet101", {"aux_loss": True}),
+                                           ("deeplabv3_resnet101", {"output_stride": 16, "atrous_rates": "1,2"}),
                                            ("deeplabv3plus_resnet101", {"separable": True}),
                                            ("pspnet50", {"aux_loss": True})])
 def test_any_size_gives_logits_at_the_input_size_and_aux_only_on_request(name, options):
@@ -235,6 +308,9 @@ def _zero_dropout(modules):
     ("deeplabv3plus_resnet101", {}),
     ("deeplabv3plus_resnet101", {"separable": True, "output_stride": 8}),
     ("pspnet50", {"aux_loss": True}),
+    ("deeplabv2_resnet101", {"atrous_rates": [1, 3]}),
+    ("deeplabv3_resnet101", {"output_stride": 16, "atrous_rates": [1, 2]}),
+    ("deeplabv3plus_resnet101", {"output_stride": 8, "atrous_rates": [1, 2, 3, 4]}),
 ])
 def test_matches_pytorch(name, options):
     """Train mode (batch statistics, running-stat updates; dropout at p=0 on both sides), forward and

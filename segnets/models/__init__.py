@@ -45,9 +45,10 @@ def build_model(name, num_classes, in_channels=3, width=64, **options):
     fcn32s/fcn16s/fcn8s: pad100=True, fc_kernel=7, learn_upsampling=False;
     deconvnet: fc_kernel=7; unet: padding="valid", batch_norm=False;
     deeplabv1_largefov: fc6_dilation=12; deeplabv2_vgg16: rates=(6, 12, 18, 24); segnet: none.
-    On ResNet (the reference implementations'): deeplabv2_resnet101: none;
+    On ResNet (the reference implementations'): deeplabv2_resnet101: atrous_rates=(6, 12, 18, 24);
     deeplabv3_resnet101, pspnet50, pspnet101: aux_loss=False (True adds the training-only aux head);
-    deeplabv3plus_resnet101: output_stride=16, separable=False.
+    deeplabv3_resnet101: output_stride=8, atrous_rates=(12, 24, 36) ((6, 12, 18) at output_stride=16);
+    deeplabv3plus_resnet101: output_stride=16, separable=False, atrous_rates=(6, 12, 18) ((12, 24, 36) at 8).
     The model's ``config`` holds all of these, so ``build_model(**model.config)`` rebuilds it.
     """
     cls = model_class(name)

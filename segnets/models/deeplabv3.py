@@ -42,12 +42,43 @@ Where we differ: kazuto1011's DeepLab v2 returns stride-8 logits (its training
 resizes the labels down, and its MSC wrapper adds scales 0.5/0.75); here they are
 upsampled bilinearly to the input. Dropout is element-wise, as in all three.
 """
+import numpy as np
+
 import minigrad
 from minigrad import functional as F
 from minigrad import nn
 
 from .common import SegmentationNet, SizeRule, check_bool
 from .resnet import ResNet
+
+
+def parse_atrous_rates(value, name="atrous_rates"):
+    """ASPP rates as a tuple of ints >= 1, from a sequence, an int or a '6,12,18' string
+    (``--model-opt atrous_rates=6,12,18``); a ValueError naming ``name`` otherwise."""
+    example = f"such as {name}=6,12,18"
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        try:
+            value = [int(part) for part in parts]
+        except ValueError:
+            raise ValueError(f"{name} must be comma-separated ints >= 1 {example}, got {value!r}") from None
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    try:
+        rates = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of ints >= 1 {example}, got {value!r}") from None
+    if not rates:
+        raise ValueError(f"{name} must name at least one dilated branch {example}, got none")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
+            raise ValueError(f"{name} must be ints >= 1 {example}, got {rate!r} in {value!r}")
+    return tuple(int(rate) for rate in rates)
+
+
+def check_output_stride(output_stride):
+    if isinstance(output_stride, bool) or output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
 
 
 class _AuxNet(SegmentationNet):
@@ -88,12 +119,14 @@ class DeepLabV2(_AuxNet):
     name = "deeplabv2_resnet101"
     RATES = (6, 12, 18, 24)
 
-    def __init__(self, num_classes=21, in_channels=3, width=64):
-        super().__init__(num_classes, in_channels, width)
+    def __init__(self, num_classes=21, in_channels=3, width=64, atrous_rates=RATES):
+        rates = parse_atrous_rates(atrous_rates)
+        super().__init__(num_classes, in_channels, width, atrous_rates=list(rates))
+        self.atrous_rates = rates
         self.backbone = ResNet(101, in_channels, width, replace_stride_with_dilation=(False, True, True),
                                uniform_dilation=True, stride_in_1x1=True, ceil_mode=True)
         self.aspp = nn.Module()
-        for index, rate in enumerate(self.RATES):
+        for index, rate in enumerate(rates):
             conv = nn.Conv2d(self.backbone.out_channels, num_classes, 3, padding=rate, dilation=rate)
             nn.init.normal_(conv.weight, 0.0, 0.01)
             nn.init.zeros_(conv.bias)
@@ -102,7 +135,7 @@ class DeepLabV2(_AuxNet):
     def _logits(self, stages, size):
         x = stages[-1]
         out = None
-        for index in range(len(self.RATES)):
+        for index in range(len(self.atrous_rates)):
             branch = getattr(self.aspp, f"c{index}")(x)
             out = branch if out is None else out + branch
         return _resize(out, size, align_corners=False)
@@ -162,11 +195,17 @@ class DeepLabV3(_AuxNet):
     aux_weight = 0.5
     aux_attribute = "aux_classifier"
 
-    def __init__(self, num_classes=21, in_channels=3, width=64, aux_loss=False):
+    def __init__(self, num_classes=21, in_channels=3, width=64, aux_loss=False, output_stride=8,
+                 atrous_rates=None):
         check_bool("aux_loss", aux_loss)
-        super().__init__(num_classes, in_channels, width, aux_loss=aux_loss)
-        self.backbone = ResNet(101, in_channels, width, replace_stride_with_dilation=(False, True, True))
-        self.classifier = deeplab_head(self.backbone.out_channels, num_classes, 4 * width)
+        check_output_stride(output_stride)
+        rates = parse_atrous_rates(((12, 24, 36) if output_stride == 8 else (6, 12, 18))
+                                   if atrous_rates is None else atrous_rates)
+        super().__init__(num_classes, in_channels, width, aux_loss=aux_loss, output_stride=output_stride,
+                         atrous_rates=list(rates))
+        replace = (False, True, True) if output_stride == 8 else (False, False, True)
+        self.backbone = ResNet(101, in_channels, width, replace_stride_with_dilation=replace)
+        self.classifier = deeplab_head(self.backbone.out_channels, num_classes, 4 * width, rates)
         self.aux_classifier = fcn_head(self.backbone.out_channels // 2, num_classes) if aux_loss else None
 
     def _logits(self, stages, size):
@@ -199,11 +238,12 @@ def _conv3x3(in_channels, out_channels, dilation, separable):
 
 
 class ASPPBranch(nn.Module):
-    """jfzhang95's _ASPPModule: atrous_conv, bn, ReLU."""
+    """jfzhang95's _ASPPModule: atrous_conv, bn, ReLU. ``rate=None``: the 1x1 branch (jfzhang95's rate 1);
+    any int: a 3x3 conv of that dilation (rate 1 included)."""
 
     def __init__(self, in_channels, out_channels, rate, separable):
         super().__init__()
-        self.atrous_conv = (nn.Conv2d(in_channels, out_channels, 1, bias=False) if rate == 1
+        self.atrous_conv = (nn.Conv2d(in_channels, out_channels, 1, bias=False) if rate is None
                             else _conv3x3(in_channels, out_channels, rate, separable))
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -212,19 +252,22 @@ class ASPPBranch(nn.Module):
 
 
 class ASPPPlus(nn.Module):
-    """jfzhang95's ASPP: aspp1 (1x1), aspp2-4 (3x3 at the rates), global_avg_pool, conv1 + bn1 + ReLU, dropout 0.5."""
+    """jfzhang95's ASPP: aspp1 (1x1), aspp2-4 (3x3 at the three ``rates``; one per rate), global_avg_pool,
+    conv1 + bn1 + ReLU, dropout 0.5."""
 
     def __init__(self, in_channels, rates, out_channels, separable):
         super().__init__()
-        for index, rate in enumerate(rates, start=1):
+        self.num_branches = len(rates) + 1
+        for index, rate in enumerate((None,) + tuple(rates), start=1):
             setattr(self, f"aspp{index}", ASPPBranch(in_channels, out_channels, rate, separable))
         self.global_avg_pool = ASPPPooling(in_channels, out_channels, align_corners=True)
-        self.conv1 = nn.Conv2d(5 * out_channels, out_channels, 1, bias=False)
+        self.conv1 = nn.Conv2d((self.num_branches + 1) * out_channels, out_channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.dropout = nn.Dropout(0.5)
 
     def forward(self, x):
-        branches = [getattr(self, f"aspp{index}")(x) for index in range(1, 5)] + [self.global_avg_pool(x)]
+        branches = [getattr(self, f"aspp{index}")(x) for index in range(1, self.num_branches + 1)]
+        branches.append(self.global_avg_pool(x))
         return self.dropout(F.relu(self.bn1(self.conv1(minigrad.cat(branches, dim=1)))))
 
 
@@ -251,15 +294,17 @@ class Decoder(nn.Module):
 class DeepLabV3Plus(_AuxNet):
     name = "deeplabv3plus_resnet101"
 
-    def __init__(self, num_classes=21, in_channels=3, width=64, output_stride=16, separable=False):
-        if output_stride not in (8, 16):
-            raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    def __init__(self, num_classes=21, in_channels=3, width=64, output_stride=16, separable=False,
+                 atrous_rates=None):
+        check_output_stride(output_stride)
         check_bool("separable", separable)
-        super().__init__(num_classes, in_channels, width, output_stride=output_stride, separable=separable)
+        rates = parse_atrous_rates(((6, 12, 18) if output_stride == 16 else (12, 24, 36))
+                                   if atrous_rates is None else atrous_rates)
+        super().__init__(num_classes, in_channels, width, output_stride=output_stride, separable=separable,
+                         atrous_rates=list(rates))
         replace = (False, False, True) if output_stride == 16 else (False, True, True)
         self.backbone = ResNet(101, in_channels, width, replace_stride_with_dilation=replace,
                                uniform_dilation=True, multi_grid=(1, 2, 4))
-        rates = (1, 6, 12, 18) if output_stride == 16 else (1, 12, 24, 36)
         channels = 4 * width
         self.aspp = ASPPPlus(self.backbone.out_channels, rates, channels, separable)
         self.decoder = Decoder(self.backbone.out_channels // 8, channels, max(1, 3 * width // 4), num_classes,
