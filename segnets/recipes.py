@@ -90,14 +90,17 @@ RECIPES = {
     # then ends in 256 channels), the references' rates and aux heads (weights 0.5 / 0.4, training only).
     # 6 epochs: a ResNet-101 step (batch 8, 64x64) takes 0.6-1.6 s on one busy core, ~20x an FCN-8s step,
     # most of it per-layer overhead of ~110 small convs (width 4 is barely faster). On a 64x64 crop the
-    # stride-8 map is 8x8, so ASPP's rates 12/24/36 (v3) and 6/12/18 (v3+, 4x4 map) see only their
-    # centre tap plus zero padding: the branches act as 1x1 convs, the case DeepLab v3 adds image pooling for.
+    # stride-8 map is 8x8, where the references' ASPP rates (v2 6..24, v3 12/24/36, v3+ 6/12/18 on its 4x4
+    # stride-16 map) see only their centre tap plus zero padding: every branch would act as a 1x1 conv. So
+    # the rates are scaled to the 8x8 map, as for deeplabv2_vgg16 above: v2 1/2/3/4 (the reference's / 6),
+    # v3 and v3+ 1/2/3 (/ 12, the references' 1:2:3 kept), and v3+ runs at output stride 8 (jfzhang95's
+    # option) so that v3 and v3+ differ only by the decoder (and v3+'s multi-grid layer4).
     "deeplabv2_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
-                            "model_options": {}},
+                            "model_options": {"atrous_rates": [1, 2, 3, 4]}},
     "deeplabv3_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
-                            "model_options": {"aux_loss": True}},
+                            "model_options": {"aux_loss": True, "atrous_rates": [1, 2, 3]}},
     "deeplabv3plus_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
-                                "model_options": {}},
+                                "model_options": {"output_stride": 8, "atrous_rates": [1, 2, 3]}},
     "pspnet50": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
                  "model_options": {"aux_loss": True}},
     "pspnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,

@@ -103,6 +103,16 @@ def test_a_rate_at_least_the_map_size_leaves_only_the_centre_tap():
                                                                x.numpy()), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["deeplabv2_resnet101", "deeplabv3_resnet101", "deeplabv3plus_resnet101"])
+def test_recipe_rates_reach_inside_the_crop_s_map(name):
+    """The recipes scale the rates to their crop: every 3x3 branch's outer taps land inside the map."""
+    from segnets.recipes import recipe
+    settings = recipe(name)
+    model = segnets.build_model(name, 2, width=1, **settings["model_options"])
+    side = settings["crop_size"] // model.backbone.output_stride
+    assert side == 8 and 1 <= max(model.config["atrous_rates"]) < side
+
+
 def test_separable_count_by_hand(monkeypatch):
     """The separable variant replaces three ASPP 3x3s (2048 -> 256) and the decoder's two 3x3s
     (304 -> 256, 256 -> 256) by depthwise 3x3 + BN(in) + pointwise 1x1."""

@@ -28,6 +28,13 @@ its parameter count (21 classes, width 64) in tests/test_models.py:
   separable convolutions as in the paper's TensorFlow code (depthwise 3x3 dilated
   conv, BN, ReLU, pointwise 1x1 conv; the branch's own BN + ReLU follow).
 
+``atrous_rates`` (all three nets; ``--model-opt atrous_rates=1,2,3``) sets the dilated 3x3
+branches' rates, one branch per rate (the 1x1 and image-pooling branches stay); the
+defaults are the references' (v3: 6/12/18 at ``output_stride=16``, the paper's, since
+torchvision has no such option). The references' rates are for 321-513 px crops: on a
+64x64 crop's 8x8 map a rate >= 8 leaves a 3x3 branch only its centre tap (a 1x1 conv),
+so the recipes scale them down. Counts depend on the number of rates, not their values.
+
 Every head's channel counts scale with ``width`` as the backbone does (256 ->
 4 * width, 48 -> 3 * width / 4). The logits are resized to the input's size
 (bilinear): any input size works.
