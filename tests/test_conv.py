@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigrad import Tensor
+from minigrad import Tensor, kernels
 from minigrad.functional import conv as conv_module
 from minigrad.functional import conv2d, conv_transpose2d
 from minigrad.functional.im2col import conv_output_size, conv_transpose_output_size
@@ -149,8 +149,15 @@ def _counting(monkeypatch, name, calls=None):
     return calls
 
 
+@pytest.fixture
+def generic_conv():
+    """The generic im2col code only (the CPU kernels convolve with stride 1 without im2col; test_kernels)."""
+    with kernels.disabled("cpu"):
+        yield
+
+
 @pytest.mark.parametrize("stride", [1, 2])   # stride 1 scatters with col2im_wide, others with col2im
-def test_backward_computes_only_what_is_asked(monkeypatch, stride):
+def test_backward_computes_only_what_is_asked(monkeypatch, stride, generic_conv):
     rng = np.random.default_rng(4)
     im2col_calls = _counting(monkeypatch, "im2col")
     col2im_calls = _counting(monkeypatch, "col2im_wide", _counting(monkeypatch, "col2im"))
@@ -334,7 +341,7 @@ def test_float32_stays_float32(op, wshape):
     (conv_transpose2d, (3, 4, 4, 4), dict(stride=2, padding=1, output_padding=1)),
     (conv_transpose2d, (3, 4, 3, 3), dict(stride=(1, 2), dilation=(3, 1))),   # blocks overlap in the image
 ])
-def test_tiled_im2col_gives_the_same_results(op, wshape, kwargs, monkeypatch):
+def test_tiled_im2col_gives_the_same_results(op, wshape, kwargs, monkeypatch, generic_conv):
     rng = np.random.default_rng(9)
     x_np, w_np = rng.standard_normal((5, 3, 7, 6)), rng.standard_normal(wshape)
 

@@ -345,6 +345,78 @@ def test_conv_and_transposed_conv_match_generic(p):
         conv_module.set_im2col_budget(previous)
 
 
+@st.composite
+def stride1_problems(draw):
+    """Stride-1 ungrouped geometries (the convolution by taps): paddings up to past the kernel's extent,
+    'same' (odd totals too), up to 5 samples (split over 3 threads) on maps small and large enough to
+    put one or several samples in one product."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.one_of(st.just("same"), st.tuples(st.integers(0, 4), st.integers(0, 4))))
+    pads = (0, 0) if padding == "same" else padding
+    side = draw(st.sampled_from([1, 3, 7, 70]))
+    h = max(side, dh * (kh - 1) + 1 - 2 * pads[0])
+    w = max(draw(st.sampled_from([2, 9, 12])), dw * (kw - 1) + 1 - 2 * pads[1])   # taps: output width >= 8
+    return dict(n=draw(st.integers(1, 5)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 3)), h=h, w=w,
+                kernel=(kh, kw), padding=padding, dilation=(dh, dw), bias=draw(st.booleans()),
+                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
+
+
+@pytest.mark.parametrize("thread_count", [1, 3])
+@settings(max_examples=30, deadline=None)
+@given(p=stride1_problems())
+def test_stride1_conv_by_taps_matches_generic(p, thread_count):
+    """conv2d and conv_transpose2d with stride 1 (cpu.conv2d_taps, no column array) against im2col."""
+    rng = np.random.default_rng(p["seed"])
+    dtype = p["dtype"]
+    x_data = rng.standard_normal((p["n"], p["c"], p["h"], p["w"])).astype(dtype)
+    b_data = rng.standard_normal(p["o"]).astype(dtype)
+
+    def run(op, w_data, **kwargs):
+        x, w = mg.tensor(x_data, requires_grad=True), mg.tensor(w_data, requires_grad=True)
+        b = mg.tensor(b_data, requires_grad=True) if p["bias"] else None
+        out = op(x, w, b, dilation=p["dilation"], **kwargs)
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return [out.numpy(), x.grad.numpy(), w.grad.numpy()] + ([b.grad.numpy()] if b is not None else [])
+    cases = [(F.conv2d, rng.standard_normal((p["o"], p["c"]) + p["kernel"]).astype(dtype), p["padding"])]
+    if p["padding"] != "same":
+        size = [s - 1 - 2 * pad + d * (k - 1) + 1 for s, pad, d, k in zip(
+            (p["h"], p["w"]), p["padding"], p["dilation"], p["kernel"])]
+        if min(size) >= 1:
+            cases.append((F.conv_transpose2d, rng.standard_normal((p["c"], p["o"]) + p["kernel"]).astype(dtype),
+                          p["padding"]))
+    previous = (cpu._MIN_PARALLEL_MACS, threads_module._threads)
+    cpu._MIN_PARALLEL_MACS, threads_module._threads = 0, thread_count   # every share split
+    try:
+        for op, w_data, padding in cases:
+            fast, generic = both(lambda: run(op, w_data, padding=padding))
+            for a, b in zip(fast, generic):
+                np.testing.assert_allclose(a, b, **close(dtype))
+    finally:
+        cpu._MIN_PARALLEL_MACS, threads_module._threads = previous
+
+
+def test_stride1_conv_runs_by_taps_and_only_what_is_asked(monkeypatch):
+    """Stride 1: no im2col/col2im at all; the backward computes only the gradients asked for."""
+    from minigrad.functional import conv as conv_module
+    calls = []
+    for module, name in ((cpu, "conv2d_taps"), (cpu, "conv2d_taps_weight_grad"), (conv_module, "im2col"),
+                         (conv_module, "col2im")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(0)
+    x, w = mg.tensor(rng.standard_normal((2, 3, 9, 9)), requires_grad=True), mg.tensor(rng.standard_normal((4, 3, 3, 3)))
+    F.conv2d(x, w, padding=1).sum().backward()
+    assert calls == ["conv2d_taps", "conv2d_taps"] and w.grad is None   # forward, then the input gradient
+    calls.clear()
+    x, w = mg.tensor(rng.standard_normal((2, 3, 9, 9))), mg.tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    assert calls == ["conv2d_taps", "conv2d_taps_weight_grad"] and x.grad is None
+    calls.clear()
+    F.conv2d(x, w, stride=2, padding=1)   # other strides: im2col
+    assert calls and set(calls) == {"im2col"}
+
+
 def test_set_num_threads_sets_openblas_and_the_kernel_pool():
     from minigrad import threads
     previous = mg.get_num_threads()

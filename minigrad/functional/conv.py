@@ -25,7 +25,10 @@ when one element is too big. Results are identical. The budget is per device:
 
 Fast paths (``minigrad.kernels``, switched off by ``MINIGRAD_CUDA_KERNELS=0`` /
 ``MINIGRAD_CPU_KERNELS=0``): im2col and col2im kernels (one pass over the columns, on
-every core on the CPU), and on a GPU the products go through cuBLAS (``kernels.matmul``):
+every core on the CPU). On the CPU each thread takes whole tiles (im2col, product, col2im
+one after the other, ``_spread``), and a stride-1 convolution needs no columns at all: it
+is kh*kw products over shifted views of the padded image (``kernels.cpu.conv2d_taps``; its
+input gradient is the same with the flipped weight). On a GPU the products go through cuBLAS (``kernels.matmul``):
 one strided-batched call per group for all samples of a tile, the weight shared (batch
 stride 0) and read transposed in place for the input gradient; the weight gradient is one
 long product over columns built with the batch folded in, accumulated into the result in
@@ -86,9 +89,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_operands("conv2d", x, weight, bias)
     geom = _conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias("conv2d", bias, weight.shape[0])
-    out = _conv_array(x.data, weight.data, geom)
-    if bias is not None:
-        out += bias.data.reshape(1, -1, 1, 1)
+    out = _conv_array(x.data, weight.data, geom, None if bias is None else bias.data)
 
     def backward(g):
         return (_conv_transpose_array(g, weight.data, geom) if x.requires_grad else None,
@@ -136,23 +137,35 @@ def _bias_grad(g, bias):
 
 
 # ---------------------------------------------------------------------------- the array kernels
-def _conv_array(x, w, geom):
-    """Image side (N, C, H, W) -> column side (N, O, OH, OW): im2col, then one product per group."""
+def _conv_array(x, w, geom, bias=None):
+    """Image side (N, C, H, W) -> column side (N, O, OH, OW): im2col, then one product per group (+ bias)."""
+    taps = _by_taps(w, geom)
+    if taps is not None:
+        return taps(x, w, geom.pad_before, _pad_after(geom), geom.dilation, bias)
     xp = get_array_module(w)
     n, c = x.shape[:2]
     o, g = w.shape[0], geom.groups
     out = xp.empty((n, o) + tuple(geom.column_size), dtype=w.dtype)
     w_mat = w.reshape(g, o // g, -1)
-    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype, _budget(w)):
-        col = _columns(x[batch, :, window], tile, workspace=True)
-        # a block of whole output rows is contiguous per channel, so this reshape is a view
-        target = out[batch, :, rows].reshape(col.shape[0], g, o // g, -1)
-        _matmul(w_mat, col, target)
+
+    def work(tiles):
+        for batch, rows, window, tile in tiles:
+            col = _columns(x[batch, :, window], tile, workspace=True)
+            # a block of whole output rows is contiguous per channel, so this reshape is a view
+            target = out[batch, :, rows].reshape(col.shape[0], g, o // g, -1)
+            _matmul(w_mat, col, target)
+            if bias is not None:   # while the tile is in cache
+                target += bias.reshape(1, g, o // g, 1)
+    _spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w)), like=w, cost=out.size * w_mat.shape[2])
     return out
 
 
 def _conv_transpose_array(y, w, geom):
     """Column side (N, O, OH, OW) -> image side (N, C, H, W): weight^T @ y, then col2im."""
+    taps = _by_taps(w, geom)
+    if taps is not None and min(_flipped_padding(geom)[0] + _flipped_padding(geom)[1]) >= 0:
+        # for stride 1 this is a convolution of y with the flipped, transposed weight
+        return taps(y, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], *_flipped_padding(geom), geom.dilation)
     xp = get_array_module(w)
     n, o = y.shape[:2]
     g = geom.groups
@@ -160,21 +173,26 @@ def _conv_transpose_array(y, w, geom):
     out = xp.zeros((n, c) + tuple(geom.image_size), dtype=w.dtype)
     w_mat = w.reshape(g, o // g, -1)
     wide = kernels.get("col2im", w) is None  # a col2im kernel needs no wide rows
-    for batch, rows, window, tile in _tiles(n, c, geom, w.dtype, _budget(w)):
-        y_tile = y[batch, :, rows]
-        pitch = _wide_pitch(tile, o // g) if wide else None
-        if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
-            y_tile = _pad_right(y_tile, pitch)
-        samples = y_tile.shape[0]
-        y_mat = y_tile.reshape(samples, g, o // g, -1)
-        col = _workspace(w, (samples, g, w_mat.shape[2], y_mat.shape[3]))
-        col = _matmul(w_mat, y_mat, col, transpose_a=True)
-        col = col.reshape((samples, c) + tile.kernel + y_tile.shape[2:])
-        # tiles of neighbouring rows overlap in the image: col2im adds into ``out``
-        if pitch:
-            col2im_wide(col, tile.image_size, tile.pad_before, tile.dilation, out=out[batch, :, window])
-        else:
-            col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
+
+    def work(tiles):
+        for batch, rows, window, tile in tiles:
+            y_tile = y[batch, :, rows]
+            pitch = _wide_pitch(tile, o // g) if wide else None
+            if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
+                y_tile = _pad_right(y_tile, pitch)
+            samples = y_tile.shape[0]
+            y_mat = y_tile.reshape(samples, g, o // g, -1)
+            col = _workspace(w, (samples, g, w_mat.shape[2], y_mat.shape[3]))
+            col = _matmul(w_mat, y_mat, col, transpose_a=True)
+            col = col.reshape((samples, c) + tile.kernel + y_tile.shape[2:])
+            # tiles of neighbouring rows overlap in the image: col2im adds into ``out``
+            if pitch:
+                col2im_wide(col, tile.image_size, tile.pad_before, tile.dilation, out=out[batch, :, window])
+            else:
+                col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
+    tiles = _tiles(n, c, geom, w.dtype, _budget(w), _parts(w))
+    # the row blocks of one sample overlap in the image: they stay in one share
+    _spread(work, tiles, like=w, keys=[batch.start for batch, *_ in tiles], cost=y.size * w_mat.shape[2])
     return out
 
 
@@ -218,30 +236,98 @@ def _conv_weight_grad(x, gy, geom):
     took 88 ms in 14-row tiles of one sample, 45 ms in one tile (one product of the same
     FLOPs: 30 ms).
     """
+    if _by_taps(x, geom) is not None:
+        return kernels.get("conv2d_taps_weight_grad", x)(x, gy, geom.kernel, geom.pad_before, _pad_after(geom),
+                                                          geom.dilation)
     xp = get_array_module(x)
     device = device_of(x)
     n, c = x.shape[:2]
     o, g = gy.shape[1], geom.groups
     kh, kw = geom.kernel
-    gw = xp.zeros((g, o // g, (c // g) * kh * kw), dtype=x.dtype)
+    shape = (g, o // g, (c // g) * kh * kw)
     budget = _budget(x)
     if not _ALWAYS_FOLD[device]:
-        budget = min(max(budget, 4 * gw.nbytes), 16 * budget)
-    for batch, rows, window, tile in _tiles(n, c, geom, x.dtype, budget):
-        gy_tile = gy[batch, :, rows]
-        samples, positions = gy_tile.shape[0], gy_tile.shape[2] * gy_tile.shape[3]
-        # Few positions per sample (fc layers, deep maps): one product per sample would
-        # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
-        # images); fold the batch into the product's inner dimension instead.
-        if _ALWAYS_FOLD[device] or (samples > 1 and o // g > positions):
-            col = _folded_columns(x[batch, :, window], tile)  # built folded: no second copy
-            gy_mat = xp.ascontiguousarray(gy_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
-            _matmul(gy_mat, col, gw, transpose_b=True, accumulate=True)
-            continue
-        col = _columns(x[batch, :, window], tile, workspace=True)
-        gy_mat = gy_tile.reshape(samples, g, o // g, -1)
-        gw += _matmul(gy_mat, col, None, transpose_b=True).sum(axis=0)   # per sample, then summed
+        budget = min(max(budget, 4 * np.prod(shape) * x.dtype.itemsize), 16 * budget)
+    # Each share sums its tiles into its own weight-sized partial sum: worth it where the shares'
+    # products are long (positions >> output channels) and the partial sums small. Otherwise one
+    # share, each product split over the threads by columns. Measured at 2 threads: (8, 32, 64, 64)
+    # 32->16 12.2 -> 9.0 ms with shares; (8, 256, 4, 4) 256->256 6.4 -> 8.8 ms (so: not there).
+    parts = _parts(x)
+    if n * geom.column_size[0] * geom.column_size[1] < 8 * parts * o or \
+            np.prod(shape) * x.dtype.itemsize > _MAX_PARTIAL_BYTES:
+        parts = 1
+
+    def work(tiles):
+        gw = xp.zeros(shape, dtype=x.dtype)
+        for batch, rows, window, tile in tiles:
+            gy_tile = gy[batch, :, rows]
+            samples, positions = gy_tile.shape[0], gy_tile.shape[2] * gy_tile.shape[3]
+            # Few positions per sample (fc layers, deep maps): one product per sample would
+            # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
+            # images); fold the batch into the product's inner dimension instead.
+            if _ALWAYS_FOLD[device] or (samples > 1 and o // g > positions):
+                col = _folded_columns(x[batch, :, window], tile)  # built folded: no second copy
+                gy_mat = xp.ascontiguousarray(gy_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
+                _matmul(gy_mat, col, gw, transpose_b=True, accumulate=True)
+                continue
+            col = _columns(x[batch, :, window], tile, workspace=True)
+            gy_mat = gy_tile.reshape(samples, g, o // g, -1)
+            gw += _matmul(gy_mat, col, None, transpose_b=True).sum(axis=0)   # per sample, then summed
+        return gw
+    partials = _spread(work, _tiles(n, c, geom, x.dtype, budget, parts), like=x,
+                       cost=gy.size * shape[2])
+    gw = partials[0]
+    for partial in partials[1:]:   # in share order: the same sum for the same thread count
+        gw += partial
     return gw.reshape(o, c // g, kh, kw)
+
+
+def _by_taps(like, geom):
+    """The CPU's stride-1 convolution without columns (``kernels.cpu.conv2d_taps``), where it applies.
+
+    Not for 1x1 kernels (their columns are the image already) nor narrow maps: the products run
+    over padded rows, (W + padding) / OW times the work, and small maps pay more per-call overhead
+    (measured on one thread: (8, 256, 4, 4) 256->256 forward 6.3 ms by taps, 4.0 ms by im2col).
+    """
+    if geom.stride != (1, 1) or geom.groups != 1 or geom.kernel == (1, 1) or geom.column_size[1] < 8:
+        return None
+    return kernels.get("conv2d_taps", like)
+
+
+def _pad_after(geom):
+    """(bottom, right) padding of a stride-1 geometry, from its sizes."""
+    return tuple(out + d * (k - 1) - size - before for out, d, k, size, before in
+                 zip(geom.column_size, geom.dilation, geom.kernel, geom.image_size, geom.pad_before))
+
+
+def _flipped_padding(geom):
+    """(before, after) padding of the stride-1 convolution that maps the column side back to the image side."""
+    extent = [d * (k - 1) for d, k in zip(geom.dilation, geom.kernel)]
+    return (tuple(e - p for e, p in zip(extent, geom.pad_before)),
+            tuple(e - p for e, p in zip(extent, _pad_after(geom))))
+
+
+# Largest weight gradient summed in one partial per thread (else the tiles run in one share,
+# each product split over the threads): fc6 of the full-width FCNs is 411 MB.
+_MAX_PARTIAL_BYTES = 64 * 2 ** 20
+
+
+def _parts(like):
+    """How many shares ``_spread`` runs at once on ``like``'s backend (the CPU kernels: one per thread)."""
+    count = kernels.get("share_count", like)
+    return 1 if count is None else count()
+
+
+def _spread(work, tiles, like, keys=None, cost=None):
+    """``work(tiles)``, or with the CPU kernels ``work`` on each thread's share of the tiles at once.
+
+    Returns the results in order (one per share). On a GPU, and without the kernels, one share:
+    the generic loop. ``keys`` and ``cost``: see ``minigrad.kernels.cpu.run_in_shares``.
+    """
+    fast = kernels.get("run_in_shares", like)
+    if fast is None:
+        return [work(tiles)]
+    return fast(work, tiles, keys, cost)
 
 
 def _matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
@@ -349,17 +435,18 @@ def _workspace(like, shape):
     return buffer[:size].reshape(shape)
 
 
-def _tiles(n, image_channels, geom, dtype, budget):
+def _tiles(n, image_channels, geom, dtype, budget, parts=1):
     """(batch slice, output-row slice, input-row slice, tile geometry) for columns within ``budget`` bytes.
 
-    Several whole samples per tile when one sample's columns fit; otherwise one sample
-    at a time, a block of output rows at a time (large feature maps).
+    Several whole samples per tile when one sample's columns fit (but at least ``parts``
+    tiles when there are that many samples); otherwise one sample at a time, a block of
+    output rows at a time (large feature maps).
     """
     kh, kw = geom.kernel
     oh, ow = geom.column_size
     per_row = image_channels * kh * kw * ow * dtype.itemsize
     if per_row * oh <= budget:
-        step = min(n, budget // (per_row * oh))
+        step = min(n, budget // (per_row * oh), -(-n // parts))
         return [(slice(lo, min(lo + step, n)), slice(0, oh), slice(0, geom.image_size[0]), geom)
                 for lo in range(0, n, step)]
     step = max(1, budget // per_row)
