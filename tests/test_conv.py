@@ -291,6 +291,25 @@ def test_conv2d_matches_torch(dtype, torch_one_thread):
         _compare_with_torch(conv2d, torch.nn.functional.conv2d, x, w, has_bias, dtype, kwargs, 6)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_few_positions_per_sample_match_torch(dtype, torch_one_thread):
+    """fc-like layers (more output channels than positions per sample): one product for the whole batch."""
+    torch = torch_one_thread
+    rng = np.random.default_rng(7)
+    for size, kernel, kwargs in (((1, 1), (1, 1), {}), ((2, 2), (1, 1), {}), ((2, 2), (2, 2), {}),
+                                 ((3, 2), (3, 3), dict(padding=1)), ((4, 4), (3, 3), dict(padding=1, dilation=2)),
+                                 ((4, 4), (3, 3), dict(stride=2, padding=1))):
+        for has_bias in (True, False):
+            x = rng.standard_normal((3, 5) + size).astype(dtype)
+            w = rng.standard_normal((24, 5) + kernel).astype(dtype)
+            _compare_with_torch(conv2d, torch.nn.functional.conv2d, x, w, has_bias, dtype, kwargs, 24)
+            y = rng.standard_normal((3, 24) + size).astype(dtype)
+            wt = rng.standard_normal((24, 5) + kernel).astype(dtype)
+            _compare_with_torch(conv_transpose2d, torch.nn.functional.conv_transpose2d, y, wt, has_bias, dtype,
+                                kwargs, 5)
+
+
 CONV_T_GRID = [c for c in _torch_grid(stride=[1, 2, (3, 2)], padding=[0, 1, (2, 0)], output_padding=[0, 1, (1, 0)],
                                       dilation=[1, 2], groups=[1, 2], has_bias=[True, False])
                if all(op < max(s, d) for op, s, d in zip(*[np.broadcast_to(c[k], 2)

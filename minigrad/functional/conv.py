@@ -150,10 +150,17 @@ def _conv_array(x, w, geom, bias=None):
 
     def work(tiles):
         for batch, rows, window, tile in tiles:
-            col = _columns(x[batch, :, window], tile, workspace=True)
-            # a block of whole output rows is contiguous per channel, so this reshape is a view
-            target = out[batch, :, rows].reshape(col.shape[0], g, o // g, -1)
-            _matmul(w_mat, col, target)
+            samples = batch.stop - batch.start
+            if _fold_batch(samples, o // g, tile):   # one product for all samples (weight read once)
+                product = _matmul(w_mat, _folded_columns(x[batch, :, window], tile), None)   # (g, O/g, S*P)
+                target = out[batch, :, rows]
+                target[...] = product.reshape((o, samples) + target.shape[2:]).transpose(1, 0, 2, 3)
+                target = target.reshape(samples, g, o // g, -1)
+            else:
+                col = _columns(x[batch, :, window], tile, workspace=True)
+                # a block of whole output rows is contiguous per channel, so this reshape is a view
+                target = out[batch, :, rows].reshape(samples, g, o // g, -1)
+                _matmul(w_mat, col, target)
             if bias is not None:   # while the tile is in cache
                 target += bias.reshape(1, g, o // g, 1)
     _spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w)), like=w, cost=out.size * w_mat.shape[2])
@@ -177,10 +184,16 @@ def _conv_transpose_array(y, w, geom):
     def work(tiles):
         for batch, rows, window, tile in tiles:
             y_tile = y[batch, :, rows]
+            samples = y_tile.shape[0]
+            if _fold_batch(samples, o // g, tile):   # one product for all samples (weight read once)
+                y_folded = xp.ascontiguousarray(y_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
+                col = _matmul(w_mat, y_folded, None, transpose_a=True)   # (g, C/g*kh*kw, S*P)
+                col = col.reshape((c,) + tile.kernel + (samples,) + y_tile.shape[2:]).transpose(3, 0, 1, 2, 4, 5)
+                col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
+                continue
             pitch = _wide_pitch(tile, o // g) if wide else None
             if pitch:   # zero-pad the rows to the image's pitch: contiguous adds in col2im_wide
                 y_tile = _pad_right(y_tile, pitch)
-            samples = y_tile.shape[0]
             y_mat = y_tile.reshape(samples, g, o // g, -1)
             col = _workspace(w, (samples, g, w_mat.shape[2], y_mat.shape[3]))
             col = _matmul(w_mat, y_mat, col, transpose_a=True)
@@ -261,11 +274,11 @@ def _conv_weight_grad(x, gy, geom):
         gw = xp.zeros(shape, dtype=x.dtype)
         for batch, rows, window, tile in tiles:
             gy_tile = gy[batch, :, rows]
-            samples, positions = gy_tile.shape[0], gy_tile.shape[2] * gy_tile.shape[3]
+            samples = gy_tile.shape[0]
             # Few positions per sample (fc layers, deep maps): one product per sample would
             # build a per-sample weight-sized result first (32 MB for a 1024x1024 fc7 on 8
             # images); fold the batch into the product's inner dimension instead.
-            if _ALWAYS_FOLD[device] or (samples > 1 and o // g > positions):
+            if _ALWAYS_FOLD[device] or _fold_batch(samples, o // g, tile):
                 col = _folded_columns(x[batch, :, window], tile)  # built folded: no second copy
                 gy_mat = xp.ascontiguousarray(gy_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
                 _matmul(gy_mat, col, gw, transpose_b=True, accumulate=True)
@@ -280,6 +293,13 @@ def _conv_weight_grad(x, gy, geom):
     for partial in partials[1:]:   # in share order: the same sum for the same thread count
         gw += partial
     return gw.reshape(o, c // g, kh, kw)
+
+
+def _fold_batch(samples, channels_per_group, tile):
+    """Whether a tile's product should take all its samples at once: when each sample has fewer
+    positions than output channels (fc layers, deep maps), per-sample products are thin (8 products
+    of 1024 x 1024 by 1024 x 4 for FCN's fc7 on 2x2 maps) and read the weight once per sample."""
+    return samples > 1 and channels_per_group > tile.column_size[0] * tile.column_size[1]
 
 
 def _by_taps(like, geom):
