@@ -28,8 +28,8 @@ edges, and a checkerboard where the up-sampling paints one), each scaled to its
 own range. The number under each net, the *2x2-periodic share*, measures a
 checkerboard over all validation images: the logits' part that repeats with
 period 2 in both directions (for each class and image, the mean of the high-pass
-map over each of the four pixel parities; their mean square over the high-pass
-map's mean square). Image content has no preferred parity, so it averages out
+map over each of the four pixel parities, less their average; their mean square
+over the high-pass map's mean square). Image content has no preferred parity, so it averages out
 (about 1/(H*W/4) of the variance for noise); a pattern painted at the same parity
 everywhere does not.
 """
@@ -104,6 +104,7 @@ def periodic_share(logits):
     """The 2x2-periodic share of the logits' high-pass part (module docstring); logits (N, C, H, W)."""
     high = logits - box3(logits)
     parity_means = np.stack([high[..., a::2, b::2].mean(axis=(-2, -1)) for a in (0, 1) for b in (0, 1)])
+    parity_means -= parity_means.mean(axis=0)  # what the four parities share is no pattern
     return float((parity_means ** 2).mean() / (high ** 2).mean())
 
 

@@ -75,3 +75,35 @@ def test_fcn_resize_conv_matches_pytorch():
                                   num_classes=3, width=2, **options)
     x = np.random.default_rng(0).standard_normal((2, 3, 35, 50))
     _check_parity(torch, twin, model, x, train=False)
+
+
+def _checkerboard_script():
+    """docs/checkerboard.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "docs" / "checkerboard.py"
+    spec = importlib.util.spec_from_file_location("checkerboard_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checkerboard_picture_numbers():
+    """The picture's constant-input panels and its 2x2-periodic share, on hand-made inputs."""
+    script = _checkerboard_script()
+    panels = dict(script.outputs())
+    inner = panels["transposed 3x3, stride 2"][4:-4, 4:-4]
+    # Two layers: each output pixel gets 1, 2 or 4 taps of 1/9 per layer, so inside the border the
+    # values are products (1/9 .. 4/9) x (1/9 .. 4/9) / ... : max/min = 3 * 3 = 9 exactly.
+    assert np.isclose(inner.max() / inner.min(), 9.0)
+    for title in ("nearest x2 + conv 3x3", "bilinear x2 + conv 3x3"):
+        np.testing.assert_allclose(panels[title][4:-4, 4:-4], 1.0, rtol=1e-12)
+    yy, xx = np.mgrid[0:16, 0:16]
+    board = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[None, None]  # all of it repeats with period 2
+    assert 0.98 < script.periodic_share(board) <= 1.0  # not exactly 1: the box mean replicates the border
+    noise = np.random.default_rng(0).standard_normal((4, 3, 64, 64))
+    assert script.periodic_share(noise) < 0.01  # no preferred parity: ~ 1/(H*W/4) of the variance
+    # Equal parts: the board's high-pass is +-8/9 (power 64/81), the noise's has variance 1 - 2/9 + 1/9 = 8/9.
+    yy, xx = np.mgrid[0:64, 0:64]
+    mixed = noise + np.where((yy + xx) % 2 == 0, 1.0, -1.0)
+    assert abs(script.periodic_share(mixed) - (64 / 81) / (64 / 81 + 8 / 9)) < 0.02
