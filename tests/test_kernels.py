@@ -306,6 +306,20 @@ def test_linear_matches_generic(threads, dtype):
         np.testing.assert_allclose(fast, generic, **close(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_adaptive_avg_pool_products_match_generic(threads, dtype):
+    """adaptive_avg_pool2d is two products with bin matrices: the pool's threaded product runs them."""
+    x_data = np.random.default_rng(3).standard_normal((3, 5, 13, 11)).astype(dtype)
+
+    def run():
+        x = mg.tensor(x_data, requires_grad=True)
+        out = F.adaptive_avg_pool2d(x, (6, 4))
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return out.numpy(), x.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
 # -------------------------------------------------------------- whole convolutions, property-drawn
 @st.composite
 def conv_problems(draw):

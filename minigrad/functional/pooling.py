@@ -18,6 +18,7 @@ from ..backend import get_array_module
 from ..tensor import Tensor, _result, is_grad_enabled
 from .batch_axis import add_batch_axis, remove_batch_axis
 from .im2col import col2im, conv_output_size, conv_transpose_output_size, im2col, pair, window_view
+from .elementwise import _matmul  # the backend's threaded product where there is one
 
 
 # --------------------------------------------------------------------- max_pool2d
@@ -297,10 +298,10 @@ def adaptive_avg_pool2d(input, output_size):
     xp = x.xp
     rows, cols = (xp.asarray(_adaptive_mean_matrix(size, out, x.dtype))
                   for size, out in zip(x.shape[2:], out_size))
-    out = xp.matmul(xp.matmul(rows, x.data), cols.T)
+    out = _matmul(_matmul(rows, x.data), cols.T)   # on every core where the backend threads its products
 
     def backward(g):
-        return (xp.matmul(xp.matmul(rows.T, g), cols),)
+        return (_matmul(_matmul(rows.T, g), cols),)
     return remove_batch_axis(_result(out, (x,), backward), added)
 
 
