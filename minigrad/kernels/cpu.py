@@ -215,6 +215,85 @@ if AVAILABLE:
             p[i] -= lr * d
 
 
+    # ------------------------------------------------------------------ stride-1 convolution by taps
+    # (see conv2d_taps below). The products call NumPy's OpenBLAS directly from the compiled loop
+    # (``_gemm``: the address of cblas_?gemm, 64-bit integers), so one thread runs a sample's padding
+    # copy, its kh*kw products (the first with beta 0, the others adding in place with beta 1) and
+    # the cropping pass without the GIL and without a temporary per tap.
+    from llvmlite import ir as _ir
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _gemm(typingctx, address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        """cblas_?gemm(order, ...) through its address; pointers are passed as 64-bit integers
+        (the same registers as pointers in the x86-64 and AArch64 C calling conventions)."""
+        signature = numba.types.void(address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, sig, args):
+            function = _ir.FunctionType(_ir.VoidType(), [context.get_value_type(t) for t in sig.args[1:]])
+            builder.call(builder.inttoptr(args[0], function.as_pointer()), args[1:])
+            return context.get_dummy_value()
+        return signature, codegen
+
+    _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
+
+    @_serial
+    def _pad_sample(x, i, padded, pt, pl):
+        """Sample ``i`` of x into the padded planes at (pt, pl) (negative: cropped); the border stays as it is."""
+        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        rows, pitch = padded.shape[1], padded.shape[2]
+        for ch in range(c):
+            for y in range(max(0, -pt), min(h, rows - pt)):
+                src, dst = x[i, ch, y], padded[ch, y + pt]
+                for xx in range(max(0, -pl), min(w, pitch - pl)):
+                    dst[_u(xx + pl)] = src[_u(xx)]
+
+    @_jit
+    def _taps_forward(lo, hi, x, taps, offsets, bias, has_bias, out, pt, pl, rows, pitch, gemm):
+        t_count, o, c = taps.shape
+        oh, ow = out.shape[2], out.shape[3]
+        positions = oh * pitch
+        one, zero = taps.dtype.type(1), taps.dtype.type(0)
+        size = taps.itemsize
+        padded = np.zeros((c, rows + 1, pitch), taps.dtype)   # one spare row: the last tap's view
+        wide = np.empty((o, positions), taps.dtype)
+        for i in range(lo, hi):
+            _pad_sample(x, i, padded, pt, pl)
+            for t in range(t_count):
+                _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _NO_TRANS, np.int64(o), np.int64(positions), np.int64(c), one,
+                      np.int64(taps[t].ctypes.data), np.int64(c),
+                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64((rows + 1) * pitch),
+                      zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(positions))
+            for oc in range(o):
+                b = bias[oc] if has_bias else zero
+                for oy in range(oh):
+                    src, dst = wide[oc], out[i, oc, oy]
+                    for ox in range(ow):
+                        dst[_u(ox)] = src[_u(oy * pitch + ox)] + b
+
+    @_jit
+    def _taps_weight_grad(lo, hi, x, gy, offsets, grad, pt, pl, rows, pitch, gemm):
+        t_count, o, c = grad.shape
+        oh, ow = gy.shape[2], gy.shape[3]
+        positions = oh * pitch
+        one = grad.dtype.type(1)
+        size = grad.itemsize
+        padded = np.zeros((c, rows + 1, pitch), grad.dtype)
+        wide = np.zeros((o, positions), grad.dtype)   # gy on the padded pitch: the extra columns stay 0
+        for i in range(lo, hi):
+            _pad_sample(x, i, padded, pt, pl)
+            for oc in range(o):
+                for oy in range(oh):
+                    src, dst = gy[i, oc, oy], wide[oc]
+                    for ox in range(ow):
+                        dst[_u(oy * pitch + ox)] = src[_u(ox)]
+            for t in range(t_count):   # grad[t] += wide (O, P) @ view_t^T (P, C)
+                _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _TRANS, np.int64(o), np.int64(c), np.int64(positions), one,
+                      np.int64(wide.ctypes.data), np.int64(positions),
+                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64((rows + 1) * pitch),
+                      one, np.int64(grad[t].ctypes.data), np.int64(c))
+
+
 # ---------------------------------------------------------------------- the thread pool
 _pool = None
 _pool_lock = threading.Lock()
@@ -533,97 +612,82 @@ def batched_matmul(a, b):
 # ---------------------------------------------------------------------- stride-1 convolution by taps
 # A stride-1 convolution needs no column array: on the zero-padded image, flattened with the padded
 # row pitch W', tap (ky, kx) of every output position p = oy*W' + ox reads the pixel at p + ky*dh*W' +
-# kx*dw, so the input under one tap is a plain 2-D view (C rows, a row stride of H'*W'). The output
-# is then kh*kw products, weight[:, :, ky, kx] (O, C) @ view (C, OH*W'), added up; its W' - OW extra
-# columns per row are dropped at the end. This is "kn2row" (Anderson et al. 2017, Vasudevan et al.
-# 2017): no im2col copy kh*kw times the image, and each sample's products stay in cache. Measured on
-# one thread (U-Net layers, batch 8; benchmarks/README.md "Issue 12"): forward and weight gradient
-# 20-45% faster than im2col + one product for 16-256 channels.
+# kx*dw, so the input under one tap is a plain 2-D view (C rows, a row stride of the padded plane).
+# The output is then kh*kw products, weight[:, :, ky, kx] (O, C) @ view (C, OH*W'), added up; its
+# W' - OW extra columns per row are dropped at the end. This is "kn2row" (Vasudevan et al. 2017,
+# Anderson et al. 2017): no im2col copy kh*kw times the image, each sample's products stay in cache,
+# and each thread takes whole samples. Measured (U-Net layers, batch 8, benchmarks/README.md "Issue
+# 12"): (8, 16, 64, 64) 16->16 forward+backward 2 threads 17.8 ms by im2col, 7.6 ms by taps.
+
+def _find_gemm():
+    """{dtype: address of cblas_sgemm / cblas_dgemm} in NumPy's OpenBLAS (the scipy-openblas64 wheels'
+    64-bit-integer symbols), or {} where there is none (then stride-1 convolutions use im2col)."""
+    import ctypes
+    from ..threads import _openblas_libraries
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        found = [getattr(lib, f"scipy_cblas_{t}gemm64_", None) for t in "sd"]
+        if all(f is not None for f in found):
+            return {np.dtype(dtype): ctypes.cast(f, ctypes.c_void_p).value
+                    for dtype, f in zip((np.float32, np.float64), found)}
+    return {}
+
+
+_GEMM = _find_gemm() if AVAILABLE else {}
+
 
 def _tap_offsets(kernel, dilation, pitch):
-    return [ky * dilation[0] * pitch + kx * dilation[1] for ky in range(kernel[0]) for kx in range(kernel[1])]
+    return np.array([ky * dilation[0] * pitch + kx * dilation[1] for ky in range(kernel[0])
+                     for kx in range(kernel[1])], dtype=np.int64)
 
 
-def _padded_flat(x, pad_before, pad_after, kernel, dilation, buffer=None):
-    """Zero-padded (S, C, H', W') image flattened to (S, C, (H'+1)*W') (one spare row: the last tap's
-    view runs past the bottom row); negative padding crops. ``buffer``: reuse it (its border is zero)."""
-    s, c, h, w = x.shape
-    (pt, pl), (pb, pr) = pad_before, pad_after
-    rows, pitch = h + pt + pb, w + pl + pr
-    crop = x[:, :, max(-pt, 0):h - max(-pb, 0), max(-pl, 0):w - max(-pr, 0)]
-    if buffer is None or buffer.shape != (s, c, rows + 1, pitch):
-        buffer = np.zeros((s, c, rows + 1, pitch), dtype=x.dtype)
-    top, left = max(pt, 0), max(pl, 0)
-    buffer[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] = crop
-    return buffer
-
-
-def _samples_per_product(positions):
-    """Samples per product: one for large maps (cache), more for small ones (fewer calls)."""
-    return max(1, 4096 // max(positions, 1))
+def _taps_geometry(shape, kernel, pad_before, pad_after, dilation):
+    """(padded rows, padded pitch, output size) of a stride-1 convolution of an (N, C, H, W) input."""
+    rows, pitch = shape[2] + pad_before[0] + pad_after[0], shape[3] + pad_before[1] + pad_after[1]
+    return rows, pitch, (rows - dilation[0] * (kernel[0] - 1), pitch - dilation[1] * (kernel[1] - 1))
 
 
 def conv2d_taps(x, w, pad_before, pad_after, dilation, bias=None):
     """Stride-1, ungrouped ``conv2d`` of (N, C, H, W) by (O, C, kh, kw) with (top, left) / (bottom,
     right) padding (negative: crop): kh*kw shifted products per sample, samples split over the threads."""
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     o, _, kh, kw = w.shape
-    rows, pitch = h + pad_before[0] + pad_after[0], wd + pad_before[1] + pad_after[1]
-    oh, ow = rows - dilation[0] * (kh - 1), pitch - dilation[1] * (kw - 1)
-    positions = oh * pitch
-    offsets = _tap_offsets((kh, kw), dilation, pitch)
-    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
-    out = np.empty((n, o, oh, ow), dtype=x.dtype)
-    step = _samples_per_product(positions)
-
-    def work(samples):
-        buffer = None
-        for lo in range(samples[0], samples[-1] + 1, step) if samples else ():
-            hi = min(lo + step, samples[-1] + 1)
-            buffer = _padded_flat(x[lo:hi], pad_before, pad_after, (kh, kw), dilation, buffer)
-            flat = buffer.reshape(hi - lo, c, -1)
-            acc = np.matmul(taps[0], flat[:, :, offsets[0]:offsets[0] + positions])
-            tmp = np.empty_like(acc)
-            for t in range(1, len(offsets)):
-                np.matmul(taps[t], flat[:, :, offsets[t]:offsets[t] + positions], out=tmp)
-                acc += tmp
-            block = acc.reshape(hi - lo, o, oh, pitch)[..., :ow]
-            if bias is not None:
-                np.add(block, bias.reshape(1, o, 1, 1), out=out[lo:hi])
-            else:
-                out[lo:hi] = block
-    run_in_shares(work, range(n), cost=out.size * c * kh * kw)
+    rows, pitch, out_size = _taps_geometry(x.shape, (kh, kw), pad_before, pad_after, dilation)
+    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=x.dtype).reshape(kh * kw, o, c)
+    out = np.empty((n, o) + out_size, dtype=x.dtype)
+    has_bias = bias is not None
+    bias = _c(bias, x.dtype) if has_bias else np.zeros(1, x.dtype)
+    args = (_c(x), taps, _tap_offsets((kh, kw), dilation, pitch), bias, has_bias, out,
+            *_int(*pad_before, rows, pitch), _GEMM[np.dtype(x.dtype)])
+    run_in_shares(lambda part: _taps_forward(part[0], part[-1] + 1, *args) if part else None, range(n),
+                  cost=out.size * c * kh * kw)
     return out
 
 
 def conv2d_taps_weight_grad(x, gy, kernel, pad_before, pad_after, dilation):
     """d<conv2d_taps(x, W), gy>/dW, (O, C, kh, kw): per tap, gy (O, OH*W') @ view(x)^T, summed over
-    the samples; gy is widened to the padded pitch with zero columns, so they add nothing."""
-    n, c, h, wd = x.shape
-    o, (oh, ow) = gy.shape[1], gy.shape[2:]
-    kh, kw = kernel
-    pitch = wd + pad_before[1] + pad_after[1]
-    positions = oh * pitch
-    offsets = _tap_offsets(kernel, dilation, pitch)
-    step = _samples_per_product(positions)
+    the samples (one partial sum per thread, added in order); gy is widened to the padded pitch with
+    zero columns, so they add nothing."""
+    n, c = x.shape[:2]
+    o = gy.shape[1]
+    rows, pitch, _ = _taps_geometry(x.shape, kernel, pad_before, pad_after, dilation)
+    args = (_c(x), _c(gy, x.dtype), _tap_offsets(kernel, dilation, pitch))
 
-    def work(samples):
-        grad = np.zeros((kh * kw, o, c), dtype=x.dtype)
-        buffer = wide = None
-        for lo in range(samples[0], samples[-1] + 1, step) if samples else ():
-            hi = min(lo + step, samples[-1] + 1)
-            buffer = _padded_flat(x[lo:hi], pad_before, pad_after, kernel, dilation, buffer)
-            flat = buffer.reshape(hi - lo, c, -1)
-            if wide is None or wide.shape[0] != hi - lo:
-                wide = np.zeros((hi - lo, o, oh, pitch), dtype=x.dtype)
-            wide[..., :ow] = gy[lo:hi]
-            g = wide.reshape(hi - lo, o, positions)
-            for t, off in enumerate(offsets):
-                for i in range(hi - lo):
-                    grad[t] += g[i] @ flat[i, :, off:off + positions].T
+    def work(part):
+        grad = np.zeros((kernel[0] * kernel[1], o, c), dtype=x.dtype)
+        if part:
+            _taps_weight_grad(part[0], part[-1] + 1, *args, grad, *_int(*pad_before, rows, pitch),
+                              _GEMM[np.dtype(x.dtype)])
         return grad
-    partials = run_in_shares(work, range(n), cost=gy.size * c * kh * kw)
+    partials = run_in_shares(work, range(n), cost=gy.size * c * kernel[0] * kernel[1])
     grad = partials[0]
     for partial in partials[1:]:
         grad += partial
-    return grad.reshape(kh, kw, o, c).transpose(2, 3, 0, 1).copy()
+    return np.ascontiguousarray(grad.reshape(kernel + (o, c)).transpose(2, 3, 0, 1))
+
+
+if not _GEMM:   # no BLAS to call from compiled code: kernels.get finds nothing, im2col runs
+    conv2d_taps = conv2d_taps_weight_grad = None
