@@ -244,7 +244,8 @@ class PermutohedralLattice:
         # Barycentric weights of the d+1 vertices: with s_p the residual/(d+1) of the coordinate
         # of rank d - p, b_0 = 1 + s_0 - s_d, b_p = s_p - s_{p-1}.
         s = xp.empty((d + 1, n))
-        xp.put_along_axis(s, d - rank, (elevated - rem0) * (1.0 / (d + 1)), axis=0)
+        columns = xp.arange(n)
+        s.reshape(-1)[((d - rank) * n + columns).reshape(-1)] = ((elevated - rem0) * (1.0 / (d + 1))).reshape(-1)
         weights = xp.empty((d + 1, n), dtype=np.float32)
         weights[1:] = s[1:] - s[:-1]
         weights[0] = 1.0 + s[0] - s[d]
@@ -260,8 +261,9 @@ class PermutohedralLattice:
             raise ValueError(f"permutohedral lattice: features span too far to hash ({base}^{d} cells); "
                              "scale them down (larger thetas)")
         powers = [base ** k for k in range(d)]
-        owner = xp.empty((d + 1, n), dtype=np.int64)
-        xp.put_along_axis(owner, rank, xp.asarray(powers + [0], dtype=np.int64)[:, None].repeat(n, axis=1), axis=0)
+        owner = xp.empty((d + 1) * n, dtype=np.int64)
+        owner[(rank * n + columns).reshape(-1)] = xp.asarray(powers + [0], dtype=np.int64).repeat(n)
+        owner = owner.reshape(d + 1, n)
         codes = xp.empty((d + 1, n), dtype=np.int64)
         codes[0] = xp.asarray(powers, dtype=np.int64).dot(stored - low)
         for r in range(1, d + 1):
@@ -326,18 +328,16 @@ def _blur(xp, lattice, start, minus, plus, scale, buffers):
     """In place: rows start..start+m of ``lattice`` blurred with [1/4, 1/2, 1/4] along each of
     the axes of ``minus``/``plus`` ((axes, m) row indices into ``lattice``, the missing
     neighbours pointing at a zero row), then times ``scale``."""
-    m = minus.shape[1]
+    axes, m = minus.shape
     rows = lattice[start:start + m]
     low, high = buffers[0, :m], buffers[1, :m]
-    for axis in range(minus.shape[0]):
+    for axis in range(axes):  # [1, 2, 1] along each axis, the 1/4s folded into the scale
         _take(xp, lattice, minus[axis], low)
         _take(xp, lattice, plus[axis], high)
         low += high
-        low *= 0.25
-        rows *= 0.5
+        rows += rows
         rows += low
-    if scale != 1.0:
-        rows *= scale
+    rows *= scale / 4.0 ** axes
 
 
 def _take(xp, array, index, out):

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from segnets import crf
 from segnets.crf import PermutohedralLattice, _exact_kernel, dense_crf, mean_field_energy
 
 SMALL = {"w1": 1.0, "theta_alpha": 5.0, "theta_beta": 40.0, "w2": 1.0, "theta_gamma": 2.0}
@@ -52,6 +53,61 @@ def test_lattice_against_exact_on_small_random_images(seed):
     assert np.abs(exact - lattice).mean() < 0.01
     assert np.abs(exact - probabilities).mean() > 2 * np.abs(exact - lattice).mean()
     assert (exact.argmax(0) == lattice.argmax(0)).mean() >= 0.95
+
+
+def test_lattice_filter_on_a_line_by_hand():
+    """d = 1: the vertices are the integer points (e, -e) of the line x + y = 0, with the
+    elevation e = (d + 1) sqrt(2/3) / sqrt(2) f = 1.1547 f. Points at f = k / 1.1547 sit on
+    vertex k with weight 1. Both lattice axes step one vertex along the line, so the blur is
+    [1/4, 1/2, 1/4] twice, [1, 4, 6, 4, 1] / 16: a delta at f = 0 comes back as 6/16 on
+    itself, 4/16 one vertex away and 1/16 two away.
+    """
+    step = 1 / (2 * np.sqrt(2 / 3) / np.sqrt(2))
+    features = np.array([[0.0], [step], [2 * step], [-step]])
+    lattice = PermutohedralLattice(features, compiled=False)
+    out = lattice.apply(np.array([[1.0], [0.0], [0.0], [0.0]]))
+    np.testing.assert_allclose(out.ravel(), [3 / 8, 1 / 4, 1 / 16, 1 / 4], rtol=1e-6)
+
+
+def _numba():
+    return pytest.importorskip("numba", reason="numba (the [cpu] extra) builds the compiled lattice")
+
+
+@pytest.mark.parametrize("d", [2, 5])
+def test_compiled_build_is_the_generic_build(d):
+    """numba's hash table numbers the vertices as the sort + first-touch renumbering does."""
+    _numba()
+    rng = np.random.default_rng(d)
+    features = np.concatenate([rng.normal(0, 3, (2000, d)), rng.normal(0, 3, (10, d)).repeat(30, axis=0)])
+    generic = PermutohedralLattice(features, compiled=False)
+    compiled = PermutohedralLattice(features, compiled=True)
+    assert compiled.m == generic.m and generic.m < generic.n * (d + 1)  # vertices are shared
+    np.testing.assert_array_equal(np.sort(compiled.keys), generic.keys)
+    for name in ("index", "weights", "minus", "plus"):
+        np.testing.assert_array_equal(getattr(compiled, name), getattr(generic, name), err_msg=name)
+    # first-touch order: vertex v first appears before vertex v + 1
+    _, first = np.unique(compiled.index.reshape(-1), return_index=True)
+    assert np.all(np.diff(first) > 0)
+
+
+def test_compiled_dense_crf_matches_the_generic_one():
+    _numba()
+    image, probabilities = random_case(np.random.default_rng(3), 45, 70, 5)
+    generic = dense_crf(image, probabilities, compiled=False, **SMALL)
+    compiled = dense_crf(image, probabilities, compiled=True, **SMALL)
+    np.testing.assert_allclose(compiled, generic, atol=1e-6)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (5, 70), (33, 65), (64, 32)])
+def test_tile_order_is_a_permutation_tile_by_tile(h, w):
+    order = crf._tile_order(np, h, w, tile=32)
+    np.testing.assert_array_equal(np.sort(order), np.arange(h * w))
+    ys, xs = order // w, order % w
+    tile = (ys // 32) * (-(-w // 32)) + xs // 32
+    assert np.all(np.diff(tile) >= 0)  # tile by tile
+    for t in np.unique(tile):  # raster order inside each tile
+        inside = order[tile == t]
+        assert np.all(np.diff(inside) > 0)
 
 
 def test_exact_kernel_is_the_gaussian_of_the_feature_distance():
