@@ -616,8 +616,9 @@ def batched_matmul(a, b):
 # The output is then kh*kw products, weight[:, :, ky, kx] (O, C) @ view (C, OH*W'), added up; its
 # W' - OW extra columns per row are dropped at the end. This is "kn2row" (Vasudevan et al. 2017,
 # Anderson et al. 2017): no im2col copy kh*kw times the image, each sample's products stay in cache,
-# and each thread takes whole samples. Measured (U-Net layers, batch 8, benchmarks/README.md "Issue
-# 12"): (8, 16, 64, 64) 16->16 forward+backward 2 threads 17.8 ms by im2col, 7.6 ms by taps.
+# and each thread takes whole samples. Measured (benchmarks/README.md "Issue 12"): U-Net's (8, 16,
+# 64, 64) 16->16 layer, forward + input gradient + weight gradient, 19.8 ms by im2col and 11.6 ms by
+# taps on one thread, 11.9 and 7.6 ms on two.
 
 def _find_gemm():
     """{dtype: address of cblas_sgemm / cblas_dgemm} in NumPy's OpenBLAS (the scipy-openblas64 wheels'
