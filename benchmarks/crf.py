@@ -119,8 +119,8 @@ def main(argv=None):
         same = (theirs.argmax(0) == ours.argmax(0)).mean()
         before = (probabilities.argmax(0) == theirs.argmax(0)).mean()
         print(f"  against pydensecrf, {name}: same label on {same:.4f} of the pixels (the input's argmax: "
-              f"{before:.4f}), largest marginal difference {np.abs(theirs - ours).max():.3f}, "
-              f"mean {np.abs(theirs - ours).mean():.4f}")
+              f"{before:.4f}), largest marginal difference {np.abs(theirs - ours).max():.1e}, "
+              f"mean {np.abs(theirs - ours).mean():.1e}")
     return 0
 
 

@@ -468,6 +468,9 @@ def _hash_vertices_kernel(codes):
     for i in range(n):
         for j in range(k):
             code = codes[i, j]
+            if i > 0 and code == codes[i - 1, j]:  # neighbouring pixels often share a simplex
+                index[i, j] = index[i - 1, j]
+                continue
             v = _hash_find(table_keys, table_ids, code, -1)
             if v < 0:
                 v = m
