@@ -78,7 +78,9 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     else:  # pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
         order = _tile_order(xp, *probabilities.shape[1:])
         features = {kind: xp.ascontiguousarray(f[order]) for kind, f in features.items()}
-        tiled = LatticeMeanField(features, (w1, w2), unary[order], compiled=compiled).run(iterations)
+        start = xp.maximum(xp.asarray(probabilities, dtype=np.float32).reshape(unary.shape[1], -1).T[order], epsilon)
+        start /= start.sum(axis=1, keepdims=True)  # = softmax(-unary), without the exp
+        tiled = LatticeMeanField(features, (w1, w2), unary[order], compiled=compiled).run(iterations, start)
         q = xp.empty_like(tiled)
         q[order] = tiled
     num_classes, h, w = probabilities.shape
@@ -291,7 +293,7 @@ class PermutohedralLattice:
         # splat, which then reads the pixels in order and scatters into the small lattice (4x
         # faster than a CSR splat).
         self.slice = _sparse_module(xp).csr_matrix(
-            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1)), shape=(n, m))
+            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1, dtype=np.int32)), shape=(n, m))
         self.splat = self.slice.T
 
     def _renumber(self):
@@ -394,7 +396,7 @@ class LatticeMeanField:
             index = xp.concatenate(index, axis=1)
             k = index.shape[1]
             self.slice = _sparse_module(xp).csr_matrix(
-                (xp.concatenate(values, axis=1).reshape(-1), index.reshape(-1), xp.arange(0, n * k + 1, k)),
+                (xp.concatenate(values, axis=1).reshape(-1), index.reshape(-1), xp.arange(0, n * k + 1, k, dtype=np.int32)),
                 shape=(n, total + 1))
             self.splat = self.slice.T
         self.buffers = xp.empty((2, max([lattice.m for lattice, _ in lattices], default=0), classes),
@@ -404,10 +406,9 @@ class LatticeMeanField:
     def run(self, iterations, q=None):
         """Q after ``iterations`` steps from ``q`` (default: the softmax of -unary), (N, classes) float32."""
         xp = self.xp
-        q = _softmax(xp, -self.unary) if q is None else q
-        q = xp.ascontiguousarray(q, dtype=np.float32)
-        if not self.blurs:  # no kernels: every step gives softmax(-unary)
-            return q if not iterations else _softmax(xp, -self.unary)
+        q = xp.ascontiguousarray(_softmax(xp, -self.unary) if q is None else q, dtype=np.float32)
+        if not self.blurs:  # no kernels: every step gives softmax(-unary), the start
+            return q
         for _ in range(iterations):
             q = self.step(q)
         return q
