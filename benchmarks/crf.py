@@ -98,7 +98,8 @@ def main(argv=None):
         if compiled is None and crf._numba_kernels(np, None, features["appearance"].shape[0]) is None:
             print("  numba build: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
             continue
-        wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled), args.repeats, sync)
+        wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled), args.repeats,
+                          sync)
         print(f"  {name + ':':13} 5-D lattice build   wall {wall:.3f} s   cpu {cpu:.3f} s")
         wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
         print(f"  {name + ':':13} dense_crf           wall {wall:.3f} s   cpu {cpu:.3f} s")

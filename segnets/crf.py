@@ -201,12 +201,13 @@ class PermutohedralLattice:
     is a sparse splat, d+1 gathers (the blur) and the transposed splat (the slice).
 
     ``compiled``: how the vertices are numbered. None (default): with numba's hash table
-    (``_hash_vertices_kernel``, O(N d), ~0.2 s less per 500x375 image) where numba imports,
-    the features are a NumPy array and ``MINIGRAD_CPU_KERNELS`` is not 0; False: the generic
-    NumPy/CuPy code (``unique``, a sort, and binary searches), the reference the tests compare
-    with; True: numba or an error. (None keeps the generic code below ``COMPILED_MIN_POINTS``
-    points, where it is fast and numba's first compilation, ~10 s, would dominate.) Both number the vertices in the order the pixels first
-    touch them (on NumPy), so both give the same lattice, rows in the same order.
+    (``_hash_vertices_kernel``, O(N d); ~0.15 s less for the two lattices of a 500x375 image)
+    where numba imports, the features are a NumPy array and ``MINIGRAD_CPU_KERNELS`` is not 0;
+    False: the generic NumPy/CuPy code (``unique``, a sort, and binary searches), the reference
+    the tests compare with; True: numba or an error. (None keeps the generic code below
+    ``COMPILED_MIN_POINTS`` points, where it is fast and numba's first compilation, ~10 s of
+    CPU, would dominate.) Both number the vertices in the order the pixels first touch them
+    (on NumPy), so both give the same lattice, rows in the same order.
     """
 
     def __init__(self, features, compiled=None):
@@ -279,7 +280,8 @@ class PermutohedralLattice:
             # A hash table numbers the vertices in the order the pixels first touch them.
             self.index, self.keys, table_keys, table_ids = kernels.hash_vertices(xp.ascontiguousarray(codes.T))
             self.m = m = self.keys.shape[0]
-            self.minus, self.plus = kernels.neighbours(table_keys, table_ids, self.keys, np.asarray(steps, dtype=np.int64))
+            self.minus, self.plus = kernels.neighbours(table_keys, table_ids, self.keys,
+                                                       np.asarray(steps, dtype=np.int64))
         else:
             self.keys, index = xp.unique(codes.T.reshape(-1), return_inverse=True)  # pixel-major
             self.m = m = self.keys.shape[0]
@@ -293,7 +295,8 @@ class PermutohedralLattice:
         # splat, which then reads the pixels in order and scatters into the small lattice (4x
         # faster than a CSR splat).
         self.slice = _sparse_module(xp).csr_matrix(
-            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1, dtype=np.int32)), shape=(n, m))
+            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1, dtype=np.int32)),
+            shape=(n, m))
         self.splat = self.slice.T
 
     def _renumber(self):
@@ -396,7 +399,8 @@ class LatticeMeanField:
             index = xp.concatenate(index, axis=1)
             k = index.shape[1]
             self.slice = _sparse_module(xp).csr_matrix(
-                (xp.concatenate(values, axis=1).reshape(-1), index.reshape(-1), xp.arange(0, n * k + 1, k, dtype=np.int32)),
+                (xp.concatenate(values, axis=1).reshape(-1), index.reshape(-1),
+                 xp.arange(0, n * k + 1, k, dtype=np.int32)),
                 shape=(n, total + 1))
             self.splat = self.slice.T
         self.buffers = xp.empty((2, max([lattice.m for lattice, _ in lattices], default=0), classes),
