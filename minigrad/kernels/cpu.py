@@ -238,59 +238,73 @@ if AVAILABLE:
     _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
 
     @_serial
-    def _pad_sample(x, i, padded, pt, pl):
-        """Sample ``i`` of x into the padded planes at (pt, pl) (negative: cropped); the border stays as it is."""
+    def _pad_samples(x, lo, hi, padded, pt, pl):
+        """Samples [lo, hi) of x into slots 0.. of the padded planes (C, S, rows + 1, pitch) at (pt, pl)
+        (negative: cropped); the borders stay as they are (zero)."""
         c, h, w = x.shape[1], x.shape[2], x.shape[3]
-        rows, pitch = padded.shape[1], padded.shape[2]
+        rows, pitch = padded.shape[2] - 1, padded.shape[3]
         for ch in range(c):
-            for y in range(max(0, -pt), min(h, rows - pt)):
-                src, dst = x[i, ch, y], padded[ch, y + pt]
-                for xx in range(max(0, -pl), min(w, pitch - pl)):
-                    dst[_u(xx + pl)] = src[_u(xx)]
+            for i in range(lo, hi):
+                for y in range(max(0, -pt), min(h, rows - pt)):
+                    src, dst = x[i, ch, y], padded[ch, i - lo, y + pt]
+                    for xx in range(max(0, -pl), min(w, pitch - pl)):
+                        dst[_u(xx + pl)] = src[_u(xx)]
 
     @_jit
-    def _taps_forward(lo, hi, x, taps, offsets, bias, has_bias, out, pt, pl, rows, pitch, gemm):
+    def _taps_forward(lo, hi, x, taps, offsets, bias, has_bias, out, pt, pl, rows, pitch, chunk, gemm):
+        """Samples [lo, hi), ``chunk`` at a time: their padded planes side by side per channel, so one
+        product per tap covers them all (the rows between two samples' outputs are computed and dropped)."""
         t_count, o, c = taps.shape
         oh, ow = out.shape[2], out.shape[3]
-        positions = oh * pitch
+        plane = (rows + 1) * pitch   # one sample's padded plane, with the spare row the last tap runs into
         one, zero = taps.dtype.type(1), taps.dtype.type(0)
         size = taps.itemsize
-        padded = np.zeros((c, rows + 1, pitch), taps.dtype)   # one spare row: the last tap's view
-        wide = np.empty((o, positions), taps.dtype)
-        for i in range(lo, hi):
-            _pad_sample(x, i, padded, pt, pl)
+        padded = np.zeros((c, chunk, rows + 1, pitch), taps.dtype)
+        wide = np.empty((o, chunk * plane), taps.dtype)
+        for first in range(lo, hi, chunk):
+            count = min(chunk, hi - first)
+            positions = (count - 1) * plane + oh * pitch
+            _pad_samples(x, first, first + count, padded, pt, pl)
             for t in range(t_count):
                 _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _NO_TRANS, np.int64(o), np.int64(positions), np.int64(c), one,
                       np.int64(taps[t].ctypes.data), np.int64(c),
-                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64((rows + 1) * pitch),
-                      zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(positions))
-            for oc in range(o):
-                b = bias[oc] if has_bias else zero
-                for oy in range(oh):
-                    src, dst = wide[oc], out[i, oc, oy]
-                    for ox in range(ow):
-                        dst[_u(ox)] = src[_u(oy * pitch + ox)] + b
+                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64(chunk * plane),
+                      zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(chunk * plane))
+            for k in range(count):
+                for oc in range(o):
+                    b = bias[oc] if has_bias else zero
+                    src = wide[oc]
+                    for oy in range(oh):
+                        dst, base = out[first + k, oc, oy], k * plane + oy * pitch
+                        for ox in range(ow):
+                            dst[_u(ox)] = src[_u(base + ox)] + b
 
     @_jit
-    def _taps_weight_grad(lo, hi, x, gy, offsets, grad, pt, pl, rows, pitch, gemm):
+    def _taps_weight_grad(lo, hi, x, gy, offsets, grad, pt, pl, rows, pitch, chunk, gemm):
+        """grad[t] += gy (O, positions) @ view_t^T (positions, C) over samples [lo, hi), ``chunk`` at a
+        time; gy sits on the padded planes' grid, zero between the rows and samples it covers."""
         t_count, o, c = grad.shape
         oh, ow = gy.shape[2], gy.shape[3]
-        positions = oh * pitch
+        plane = (rows + 1) * pitch
         one = grad.dtype.type(1)
         size = grad.itemsize
-        padded = np.zeros((c, rows + 1, pitch), grad.dtype)
-        wide = np.zeros((o, positions), grad.dtype)   # gy on the padded pitch: the extra columns stay 0
-        for i in range(lo, hi):
-            _pad_sample(x, i, padded, pt, pl)
-            for oc in range(o):
-                for oy in range(oh):
-                    src, dst = gy[i, oc, oy], wide[oc]
-                    for ox in range(ow):
-                        dst[_u(oy * pitch + ox)] = src[_u(ox)]
-            for t in range(t_count):   # grad[t] += wide (O, P) @ view_t^T (P, C)
+        padded = np.zeros((c, chunk, rows + 1, pitch), grad.dtype)
+        wide = np.zeros((o, chunk * plane), grad.dtype)   # only the output positions are ever written
+        for first in range(lo, hi, chunk):
+            count = min(chunk, hi - first)
+            positions = (count - 1) * plane + oh * pitch
+            _pad_samples(x, first, first + count, padded, pt, pl)
+            for k in range(count):
+                for oc in range(o):
+                    dst = wide[oc]
+                    for oy in range(oh):
+                        src, base = gy[first + k, oc, oy], k * plane + oy * pitch
+                        for ox in range(ow):
+                            dst[_u(base + ox)] = src[_u(ox)]
+            for t in range(t_count):
                 _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _TRANS, np.int64(o), np.int64(c), np.int64(positions), one,
-                      np.int64(wide.ctypes.data), np.int64(positions),
-                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64((rows + 1) * pitch),
+                      np.int64(wide.ctypes.data), np.int64(chunk * plane),
+                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64(chunk * plane),
                       one, np.int64(grad[t].ctypes.data), np.int64(c))
 
 
@@ -651,6 +665,16 @@ def _taps_geometry(shape, kernel, pad_before, pad_after, dilation):
     return rows, pitch, (rows - dilation[0] * (kernel[0] - 1), pitch - dilation[1] * (kernel[1] - 1))
 
 
+# Positions one product per tap should cover: a 64x64 map's sample alone, several samples of
+# smaller maps (U-Net's (8, 128, 4, 4) 128->256 layer: one product of 8 samples per thread).
+_TAPS_POSITIONS = 4096
+
+
+def _chunk(n, rows, pitch):
+    """Samples per product for padded planes of (rows + 1) x pitch."""
+    return max(1, min(n, _TAPS_POSITIONS // ((rows + 1) * pitch)))
+
+
 def conv2d_taps(x, w, pad_before, pad_after, dilation, bias=None):
     """Stride-1, ungrouped ``conv2d`` of (N, C, H, W) by (O, C, kh, kw) with (top, left) / (bottom,
     right) padding (negative: crop): kh*kw shifted products per sample, samples split over the threads."""
@@ -662,7 +686,7 @@ def conv2d_taps(x, w, pad_before, pad_after, dilation, bias=None):
     has_bias = bias is not None
     bias = _c(bias, x.dtype) if has_bias else np.zeros(1, x.dtype)
     args = (_c(x), taps, _tap_offsets((kh, kw), dilation, pitch), bias, has_bias, out,
-            *_int(*pad_before, rows, pitch), _GEMM[np.dtype(x.dtype)])
+            *_int(*pad_before, rows, pitch, _chunk(n, rows, pitch)), _GEMM[np.dtype(x.dtype)])
     run_in_shares(lambda part: _taps_forward(part[0], part[-1] + 1, *args) if part else None, range(n),
                   cost=out.size * c * kh * kw)
     return out
@@ -680,8 +704,8 @@ def conv2d_taps_weight_grad(x, gy, kernel, pad_before, pad_after, dilation):
     def work(part):
         grad = np.zeros((kernel[0] * kernel[1], o, c), dtype=x.dtype)
         if part:
-            _taps_weight_grad(part[0], part[-1] + 1, *args, grad, *_int(*pad_before, rows, pitch),
-                              _GEMM[np.dtype(x.dtype)])
+            _taps_weight_grad(part[0], part[-1] + 1, *args, grad,
+                              *_int(*pad_before, rows, pitch, _chunk(n, rows, pitch)), _GEMM[np.dtype(x.dtype)])
         return grad
     partials = run_in_shares(work, range(n), cost=gy.size * c * kernel[0] * kernel[1])
     grad = partials[0]
