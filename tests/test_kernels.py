@@ -252,13 +252,21 @@ def test_sgd_update_matches_generic(threads, dtype, options):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("form", ["plain", "transpose_a", "transpose_b_accumulate", "few_samples"])
+@pytest.mark.parametrize("form", ["plain", "transpose_a", "transpose_b_accumulate", "few_samples", "rows",
+                                  "rows_transpose_a", "rows_transpose_b_accumulate"])
 def test_matmul_matches_generic(threads, dtype, form):
+    """Every share split: by samples, by columns, and by rows (more rows than columns: fc layers)."""
     from minigrad.functional.conv import _matmul
     rng = np.random.default_rng(7)
     w = rng.standard_normal((2, 5, 7)).astype(dtype)                 # (groups, m, k)
     start = rng.standard_normal((2, 5, 9)).astype(dtype)
+    tall = rng.standard_normal((1, 13, 7)).astype(dtype)
+    tall_start = rng.standard_normal((1, 13, 3)).astype(dtype)
     cases = {
+        "rows": lambda: _matmul(tall, rng_b((1, 7, 3)), None),
+        "rows_transpose_a": lambda: _matmul(tall.transpose(0, 2, 1).copy(), rng_b((1, 7, 3)), None, transpose_a=True),
+        "rows_transpose_b_accumulate": lambda: _matmul(tall, rng_b((1, 3, 7)), tall_start.copy(), transpose_b=True,
+                                                       accumulate=True),
         "plain": lambda: _matmul(w, rng_b((3, 2, 7, 11)), np.empty((3, 2, 5, 11), dtype)),
         "transpose_a": lambda: _matmul(w, rng_b((3, 2, 5, 13)), np.empty((3, 2, 7, 13), dtype), transpose_a=True),
         "transpose_b_accumulate": lambda: _matmul(w[:, :, :6], rng_b((2, 9, 6)), start.copy(), transpose_b=True,

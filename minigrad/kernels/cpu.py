@@ -580,11 +580,15 @@ def _product(a, b, out, transpose_a, transpose_b, accumulate):
 
 
 def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
-    """The product for output entries [lo, hi) along ``axis``: a batch axis, or the columns (-1)."""
+    """The product for output entries [lo, hi) along ``axis``: a batch axis, the rows (-2) or the columns (-1)."""
+    part = slice(lo, hi)
     if axis == -1:  # columns of out: columns of b, or rows of b when it is transposed
-        cols = slice(lo, hi)
-        b_part = b[..., cols, :] if transpose_b else b[..., cols]
-        _product(a, b_part, out[..., cols], transpose_a, transpose_b, accumulate)
+        b_part = b[..., part, :] if transpose_b else b[..., part]
+        _product(a, b_part, out[..., part], transpose_a, transpose_b, accumulate)
+        return
+    if axis == -2:  # rows of out: rows of a, or columns of a when it is transposed
+        a_part = a[..., part] if transpose_a else a[..., part, :]
+        _product(a_part, b, out[..., part, :], transpose_a, transpose_b, accumulate)
         return
     index = (slice(None),) * axis + (slice(lo, hi),)
     a_part = a[index] if a.ndim == out.ndim and a.shape[axis] > 1 else a
@@ -596,7 +600,9 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
     """out = op(a) @ op(b) (+ out if ``accumulate``), batched as ``numpy.matmul``, split over the threads.
 
     Shares: the leading (batch) axis of ``out`` when it has at least as many entries as threads,
-    else blocks of ``out``'s columns; each share is one single-threaded OpenBLAS call.
+    else blocks of ``out``'s rows or columns, whichever are more (so each thread reads its part of
+    the larger operand once: fc7's (1024, 1024) weight times (1024, 32) columns splits the weight);
+    each share is one single-threaded OpenBLAS call.
     """
     claim_blas()
     threads = _threads()
@@ -606,6 +612,8 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
         return _product(a, b, out, transpose_a, transpose_b, accumulate)
     if out.ndim > 2 and out.shape[0] >= threads and out.shape[0] * m_n == out.size:
         axis, count = 0, out.shape[0]
+    elif out.shape[-2] > out.shape[-1]:
+        axis, count = -2, out.shape[-2]
     else:
         axis, count = -1, out.shape[-1]
     _run(_share_runner, count, max(out.size * k, _MIN_PARALLEL), a, b, out, transpose_a, transpose_b, accumulate,
