@@ -33,7 +33,9 @@ Two ways to compute K Q, both on NumPy or CuPy arrays (``xp`` follows ``probabil
   and not quite isotropic), in O(N d^2) time. The lattices are built once per image
   (``LatticeMeanField``), both kernels share one sparse splat and slice, and the pixels
   are visited in 32x32 tiles for the cache; numba, where installed, builds the lattices
-  with a hash table instead of a sort.
+  with a hash table instead of a sort. On a 500x375 image with DeepLab's settings it
+  gives pydensecrf's (Krähenbühl's C++ code's) marginals to within 4e-6, the same labels
+  (``benchmarks/crf.py``, benchmarks/README.md).
 
 Defaults: DeepLab-CRF-LargeFOV's published settings (Chen et al., ICLR 2015:
 w2 = 3 and theta_gamma = 3 fixed, w1, theta_alpha, theta_beta cross-validated on
