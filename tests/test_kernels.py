@@ -81,6 +81,9 @@ GEOMETRIES = [  # (shape, kernel, stride, pad_before, dilation, ceil_mode)
     ((1, 2, 3, 11), (2, 5), (1, 3), (0, 2), (1, 2), False),
     ((3, 2, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1), False),       # all padding but the centre
     ((1, 2, 40, 36), (16, 16), (8, 8), (4, 4), (1, 1), False),   # FCN-8s's upsampling
+    ((2, 3, 8, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),       # every net's pooling (max-pool's 2x2 kernel)
+    ((1, 2, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), False),       # odd sizes: the last row/column left out
+    ((1, 2, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), True),        # ceil mode: partial windows, general kernel
 ]
 
 

@@ -115,27 +115,60 @@ if AVAILABLE:
     def _max_pool(lo, hi, x, out, index, kh, kw, sh, sw, pt, pl, dh, dw):
         n, c, h, w = x.shape
         oh, ow = out.shape[2], out.shape[3]
+        # the taps of each output column that land inside the image, found once
+        kx_lo, kx_hi = np.empty(ow, np.int64), np.empty(ow, np.int64)
+        for ox in range(ow):
+            kx_lo[ox], kx_hi[ox] = _taps_inside(w, kw, ox * sw - pl, dw, 0)
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            flat = x[i, ch].reshape(h * w)
+            for oy in range(oh):
+                y0 = oy * sh - pt
+                ky_lo, ky_hi = _taps_inside(h, kh, y0, dh, 0)
+                out_row, index_row = out[i, ch, oy], index[i, ch, oy]
+                for ox in range(ow):
+                    x0 = ox * sw - pl
+                    best = flat[0]
+                    best_at = -1
+                    for ky in range(ky_lo, ky_hi):
+                        row = (y0 + ky * dh) * w + x0
+                        for kx in range(kx_lo[_u(ox)], kx_hi[_u(ox)]):
+                            at = row + kx * dw
+                            v = flat[_u(at)]
+                            # the first maximum in row-major order; the first NaN wins, as the generic code
+                            if best_at < 0 or v > best or (v != v and best == best):
+                                best = v
+                                best_at = at
+                    out_row[_u(ox)] = best
+                    index_row[_u(ox)] = best_at
+
+    @_jit
+    def _max_pool_2x2(lo, hi, x, out, index):
+        """``_max_pool`` for 2x2 windows at stride 2 inside the image (every net's pooling), unrolled:
+        the general loop's data-dependent branches mispredict on about every other tap (measured 18x
+        slower on (8, 16, 64, 64)); here each tap is a compare and two selects."""
+        c, w = x.shape[1], x.shape[3]
+        oh, ow = out.shape[2], out.shape[3]
         for plane in range(lo, hi):
             i, ch = plane // c, plane % c
             src = x[i, ch]
             for oy in range(oh):
+                top, bottom = src[2 * oy], src[2 * oy + 1]
+                out_row, index_row = out[i, ch, oy], index[i, ch, oy]
                 for ox in range(ow):
-                    best = src[0, 0]
-                    best_at = -1
-                    for ky in range(kh):
-                        y = oy * sh - pt + ky * dh
-                        if y < 0 or y >= h:
-                            continue
-                        for kx in range(kw):
-                            x_ = ox * sw - pl + kx * dw
-                            if x_ < 0 or x_ >= w:
-                                continue
-                            v = src[y, x_]
-                            if best_at < 0 or v > best or (math.isnan(v) and not math.isnan(best)):
-                                best = v
-                                best_at = y * w + x_
-                    out[i, ch, oy, ox] = best
-                    index[i, ch, oy, ox] = best_at
+                    best = top[_u(2 * ox)]
+                    at = 2 * oy * w + 2 * ox
+                    v = top[_u(2 * ox + 1)]
+                    take = (v > best) | ((v != v) & (best == best))   # the first maximum; the first NaN
+                    best = v if take else best
+                    at = at + 1 if take else at
+                    for k in range(2):
+                        v = bottom[_u(2 * ox + k)]
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        at = (2 * oy + 1) * w + 2 * ox + k if take else at
+                    out_row[_u(ox)] = best
+                    index_row[_u(ox)] = at
 
     @_jit
     def _scatter(lo, hi, values, switches, out, accumulate):
@@ -461,7 +494,10 @@ def max_pool2d(x, kernel_size, stride, pad_before, dilation, out_size):
     n, c = x.shape[:2]
     out = np.empty((n, c) + tuple(out_size), dtype=x.dtype)
     index = np.empty(out.shape, dtype=np.int64)
-    if out.size:
+    if out.size and tuple(kernel_size) == tuple(stride) == (2, 2) and tuple(pad_before) == (0, 0) \
+            and tuple(dilation) == (1, 1) and 2 * out.shape[2] <= x.shape[2] and 2 * out.shape[3] <= x.shape[3]:
+        _run(_max_pool_2x2, n * c, x.size, _c(x), out, index)
+    elif out.size:
         _run(_max_pool, n * c, x.size, _c(x), out, index, *_int(*kernel_size, *stride, *pad_before, *dilation))
     return out, index
 
