@@ -91,7 +91,7 @@ def main(argv=None):
         image, probabilities = cupy.asarray(image), cupy.asarray(probabilities)
         sync = cupy.cuda.Device().synchronize  # noqa: E731
     print(f"dense_crf, 500x375, 21 classes, 10 iterations, lattice, {args.device}:")
-    _, _, features = crf._prepare(image, probabilities, *SETTINGS.values(), "lattice", 1e-8)
+    features = crf._prepare(image, probabilities, *SETTINGS.values(), "lattice", 1e-8)[2]
     variants = [(None, "numba build")] if args.device == "cpu" else []
     variants.append((False, "NumPy" if args.device == "cpu" else "CuPy"))
     for compiled, name in variants:

@@ -68,8 +68,9 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     the lattices are built with numba (None: where it imports; see ``PermutohedralLattice``);
     the result is the same up to float32 rounding.
     """
-    xp, unary, features = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma,
-                                   method, epsilon)
+    # the lattice visits the pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
+    xp, unary, features, clipped, order = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2,
+                                                   theta_gamma, method, epsilon, tiled=method == "lattice")
     if not isinstance(iterations, (int, np.integer)) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
     if method == "exact":
@@ -77,12 +78,9 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
         q = _softmax(xp, -unary)
         for _ in range(iterations):
             q = _softmax(xp, -unary + _message(q, filters))
-    else:  # pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
-        order = _tile_order(xp, *probabilities.shape[1:])
-        features = {kind: xp.ascontiguousarray(f[order]) for kind, f in features.items()}
-        start = xp.maximum(xp.asarray(probabilities, dtype=np.float32).reshape(unary.shape[1], -1).T[order], epsilon)
-        start /= start.sum(axis=1, keepdims=True)  # = softmax(-unary), without the exp
-        tiled = LatticeMeanField(features, (w1, w2), unary[order], compiled=compiled).run(iterations, start)
+    else:
+        start = clipped / clipped.sum(axis=1, keepdims=True)  # = softmax(-unary), without the exp
+        tiled = LatticeMeanField(features, (w1, w2), unary, compiled=compiled).run(iterations, start)
         q = xp.empty_like(tiled)
         q[order] = tiled
     num_classes, h, w = probabilities.shape
@@ -97,8 +95,8 @@ def mean_field_energy(image, probabilities, marginals, w1=4.0, theta_alpha=121.0
     symmetrically normalised kernels (self terms included): KL(Q || P) up to a constant for that
     model. Exact O(N^2) kernels, so for small images only.
     """
-    xp, unary, features = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma,
-                                   "exact", epsilon)
+    xp, unary, features, _, _ = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma,
+                                         "exact", epsilon)
     filters = _filters(xp, features, "exact", (w1, w2))
     q = xp.asarray(marginals, dtype=unary.dtype).reshape(unary.shape[1], -1).T
     entropy_term = float((q * (unary + xp.log(xp.maximum(q, 1e-300)))).sum())
@@ -107,7 +105,9 @@ def mean_field_energy(image, probabilities, marginals, w1=4.0, theta_alpha=121.0
 
 
 # ---------------------------------------------------------------- setup and the mean-field step
-def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma, method, epsilon):
+def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma, method, epsilon, tiled=False):
+    """Checks, then (xp, unary (N, classes), features, clipped probabilities (N, classes), order):
+    the pixels in raster order (order None) or, ``tiled``, in ``order = _tile_order(...)``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if probabilities.ndim != 3:
@@ -126,14 +126,19 @@ def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma,
         raise ValueError(f"method='exact' builds N x N kernels: at most {EXACT_MAX_PIXELS} pixels, "
                          f"got {h}x{w}; use method='lattice'")
     xp = backend.get_array_module(probabilities)
-    p = xp.asarray(probabilities, dtype=np.float64 if method == "exact" else np.float32)
-    unary = -xp.log(xp.maximum(p.reshape(num_classes, -1).T, epsilon))  # (N, classes)
-    ys, xs = xp.meshgrid(xp.arange(h, dtype=p.dtype), xp.arange(w, dtype=p.dtype), indexing="ij")
-    colours = xp.asarray(image, dtype=p.dtype).reshape(h * w, -1)
-    appearance = xp.concatenate([xs.reshape(-1, 1) / theta_alpha, ys.reshape(-1, 1) / theta_alpha,
-                                 colours / theta_beta], axis=1)
-    positions = xp.stack([xs.reshape(-1), ys.reshape(-1)], axis=1) / theta_gamma
-    return xp, unary, {"appearance": appearance, "smoothness": positions}
+    dtype = np.float64 if method == "exact" else np.float32
+    p = xp.ascontiguousarray(xp.asarray(probabilities, dtype=dtype).reshape(num_classes, -1).T)  # (N, classes)
+    colours = xp.asarray(image, dtype=dtype).reshape(h * w, -1)
+    order = _tile_order(xp, h, w) if tiled else None
+    pixels = xp.arange(h * w) if order is None else order
+    if order is not None:
+        p, colours = p[order], colours[order]
+    clipped = xp.maximum(p, epsilon)
+    unary = -xp.log(clipped)
+    xs, ys = (pixels % w).astype(dtype), (pixels // w).astype(dtype)
+    appearance = xp.concatenate([xs[:, None] / theta_alpha, ys[:, None] / theta_alpha, colours / theta_beta], axis=1)
+    positions = xp.stack([xs, ys], axis=1) / theta_gamma
+    return xp, unary, {"appearance": appearance, "smoothness": positions}, clipped, order
 
 
 def _tile_order(xp, h, w, tile=32):
