@@ -61,6 +61,9 @@ if AVAILABLE:
     @_jit
     def _im2col(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad):
         c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        if ow < kw:   # short output rows, wide kernels (FCN's upsampling): run along the taps instead
+            _im2col_by_taps(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad)
+            return
         for plane in range(lo, hi):
             i, ch = plane // c, plane % c
             for ky in range(kh):
@@ -89,10 +92,58 @@ if AVAILABLE:
                         for ox in range(x_hi, ow):
                             row[_u(ox)] = pad
 
+    @_serial
+    def _im2col_by_taps(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad):
+        """``_im2col`` with the kernel's columns innermost: a run of kw source pixels per output
+        position instead of a run of OW (FCN-32s's 64x64 kernel at 2x2 positions: rows of 2)."""
+        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for ky in range(kh):
+                for oy in range(oh):
+                    y = oy * sh - pt + ky * dh
+                    for ox in range(ow):
+                        dst = col[ch, ky, :, i, oy, ox] if folded else col[i, ch, ky, :, oy, ox]
+                        if y < 0 or y >= h:
+                            dst[:] = pad
+                            continue
+                        base = ox * sw - pl
+                        k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
+                        src = x[i, ch, y]
+                        for kx in range(k_lo):
+                            dst[kx] = pad
+                        for kx in range(k_lo, k_hi):
+                            dst[kx] = src[_u(base + kx * dw)]
+                        for kx in range(k_hi, kw):
+                            dst[kx] = pad
+
+    @_serial
+    def _col2im_add_by_taps(lo, hi, col, img, sh, sw, pt, pl, dh, dw):
+        """``_col2im_add`` with the kernel's columns innermost (see ``_im2col_by_taps``)."""
+        c, kh, kw, oh, ow = col.shape[1], col.shape[2], col.shape[3], col.shape[4], col.shape[5]
+        h, w = img.shape[2], img.shape[3]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for ky in range(kh):
+                for oy in range(oh):
+                    y = oy * sh - pt + ky * dh
+                    if y < 0 or y >= h:
+                        continue
+                    row = img[i, ch, y]
+                    for ox in range(ow):
+                        base = ox * sw - pl
+                        k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
+                        src = col[i, ch, ky, :, oy, ox]
+                        for kx in range(k_lo, k_hi):
+                            row[_u(base + kx * dw)] += src[kx]
+
     @_jit
     def _col2im_add(lo, hi, col, img, sh, sw, pt, pl, dh, dw):
         c, kh, kw, oh, ow = col.shape[1], col.shape[2], col.shape[3], col.shape[4], col.shape[5]
         h, w = img.shape[2], img.shape[3]
+        if ow < kw:
+            _col2im_add_by_taps(lo, hi, col, img, sh, sw, pt, pl, dh, dw)
+            return
         for plane in range(lo, hi):
             i, ch = plane // c, plane % c
             for ky in range(kh):
