@@ -61,9 +61,6 @@ if AVAILABLE:
     @_jit
     def _im2col(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad):
         c, h, w = x.shape[1], x.shape[2], x.shape[3]
-        if ow < kw:   # short output rows, wide kernels (FCN's upsampling): run along the taps instead
-            _im2col_by_taps(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad)
-            return
         for plane in range(lo, hi):
             i, ch = plane // c, plane % c
             for ky in range(kh):
@@ -92,7 +89,7 @@ if AVAILABLE:
                         for ox in range(x_hi, ow):
                             row[_u(ox)] = pad
 
-    @_serial
+    @_jit
     def _im2col_by_taps(lo, hi, x, col, folded, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, pad):
         """``_im2col`` with the kernel's columns innermost: a run of kw source pixels per output
         position instead of a run of OW (FCN-32s's 64x64 kernel at 2x2 positions: rows of 2)."""
@@ -117,7 +114,7 @@ if AVAILABLE:
                         for kx in range(k_hi, kw):
                             dst[kx] = pad
 
-    @_serial
+    @_jit
     def _col2im_add_by_taps(lo, hi, col, img, sh, sw, pt, pl, dh, dw):
         """``_col2im_add`` with the kernel's columns innermost (see ``_im2col_by_taps``)."""
         c, kh, kw, oh, ow = col.shape[1], col.shape[2], col.shape[3], col.shape[4], col.shape[5]
@@ -141,9 +138,6 @@ if AVAILABLE:
     def _col2im_add(lo, hi, col, img, sh, sw, pt, pl, dh, dw):
         c, kh, kw, oh, ow = col.shape[1], col.shape[2], col.shape[3], col.shape[4], col.shape[5]
         h, w = img.shape[2], img.shape[3]
-        if ow < kw:
-            _col2im_add_by_taps(lo, hi, col, img, sh, sw, pt, pl, dh, dw)
-            return
         for plane in range(lo, hi):
             i, ch = plane // c, plane % c
             for ky in range(kh):
@@ -518,7 +512,9 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     shape = ((c,) + tuple(kernel_size) + (n,) if folded else (n, c) + tuple(kernel_size)) + tuple(out_size)
     col = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
     if col.size:
-        _run(_im2col, n * c, col.size, _c(x), col, bool(folded),
+        # output rows shorter than the kernel (FCN's upsampling): along the taps instead (compiled when first needed)
+        kernel = _im2col_by_taps if out_size[1] < kernel_size[1] else _im2col
+        _run(kernel, n * c, col.size, _c(x), col, bool(folded),
              *_int(*kernel_size, *out_size, *stride, *pad_before, *dilation), x.dtype.type(pad_value))
     return col
 
@@ -533,7 +529,8 @@ def col2im(col, input_size, stride, pad_before, dilation, out=None):
     else:
         img = np.zeros(out.shape, dtype=col.dtype)
     if col.size and img.size:
-        _run(_col2im_add, n * c, col.size, _c(col), img, *_int(*stride, *pad_before, *dilation))
+        kernel = _col2im_add_by_taps if col.shape[5] < col.shape[3] else _col2im_add
+        _run(kernel, n * c, col.size, _c(col), img, *_int(*stride, *pad_before, *dilation))
     if out is not None and img is not out:
         out += img
         return out
