@@ -33,7 +33,7 @@ Two ways to compute K Q, both on NumPy or CuPy arrays (``xp`` follows ``probabil
   and not quite isotropic), in O(N d^2) time. The lattices are built once per image
   (``LatticeMeanField``), both kernels share one sparse splat and slice, and the pixels
   are visited in 32x32 tiles for the cache; numba, where installed, builds the lattices
-  with a hash table instead of a sort. On a 500x375 image with DeepLab's settings it
+  point by point with a hash table instead of a sort. On a 500x375 image with DeepLab's settings it
   gives pydensecrf's (Krähenbühl's C++ code's) marginals to within 4e-6, the same labels
   (``benchmarks/crf.py``, benchmarks/README.md).
 
@@ -207,11 +207,13 @@ class PermutohedralLattice:
     numbered, the vertices' neighbours along the d+1 lattice axes looked up. Each ``apply``
     is a sparse splat, d+1 gathers (the blur) and the transposed splat (the slice).
 
-    ``compiled``: how the vertices are numbered. None (default): with numba's hash table
-    (``_hash_vertices_kernel``, O(N d); ~0.15 s less for the two lattices of a 500x375 image)
-    where numba imports, the features are a NumPy array and ``MINIGRAD_CPU_KERNELS`` is not 0;
-    False: the generic NumPy/CuPy code (``unique``, a sort, and binary searches), the reference
-    the tests compare with; True: numba or an error. (None keeps the generic code below
+    ``compiled``: how the lattice is built. None (default): with numba kernels, point by point
+    (``_simplex_kernel``, ``_codes_kernel``, the same float64 operations as the generic code)
+    and a hash table that numbers the vertices (``_hash_vertices_kernel``, O(N d)): ~0.3 s less
+    for the two lattices of a 500x375 image, where numba imports, the features are a NumPy
+    array and ``MINIGRAD_CPU_KERNELS`` is not 0; False: the generic NumPy/CuPy code (whole-array
+    operations, ``unique``, a sort, and binary searches), the reference the tests compare with;
+    True: numba or an error. (None keeps the generic code below
     ``COMPILED_MIN_POINTS`` points, where it is fast and numba's first compilation, ~10 s of
     CPU, would dominate.) Both number the vertices in the order the pixels first touch them
     (on NumPy), so both give the same lattice, rows in the same order.
@@ -222,12 +224,51 @@ class PermutohedralLattice:
         self.xp = xp
         n, d = features.shape
         self.n, self.d = n, d
+        kernels = _numba_kernels(xp, compiled, n)
+        # The enclosing simplex of every point: barycentric weights (n, d+1) and the int64 hash
+        # codes of its d+1 vertices (n, d+1); ``base``: the codes' digit base.
+        scale = (d + 1) * math.sqrt(2.0 / 3.0) / np.sqrt(np.arange(1, d + 1) * np.arange(2, d + 2, dtype=np.float64))
+        if kernels is not None:
+            self.weights, stored, rank = kernels.simplices(np.ascontiguousarray(features, dtype=np.float64), scale)
+            low, base, powers = self._digits(stored)
+            codes = kernels.codes(stored, rank, low, np.asarray(powers, dtype=np.int64))
+        else:
+            self.weights, codes, base, powers = self._simplices(features, scale)
+        # Neighbours along lattice axis j: the key minus 1 on every coordinate and plus d on
+        # coordinate j (axis d: minus 1 on all d stored coordinates), and the opposite one.
+        steps = [-sum(powers) + ((d + 1) * base ** j if j < d else 0) for j in range(d + 1)]
+        if kernels is not None:
+            # A hash table numbers the vertices in the order the pixels first touch them.
+            self.index, self.keys, table_keys, table_ids = kernels.hash_vertices(codes)
+            self.m = m = self.keys.shape[0]
+            self.minus, self.plus = kernels.neighbours(table_keys, table_ids, self.keys,
+                                                       np.asarray(steps, dtype=np.int64))
+        else:
+            self.keys, index = xp.unique(codes.reshape(-1), return_inverse=True)  # pixel-major
+            self.m = m = self.keys.shape[0]
+            self.index = index.reshape(n, d + 1).astype(np.int32)
+            self.minus = xp.stack([self._find(self.keys + step) for step in steps]).astype(np.int32)
+            self.plus = xp.stack([self._find(self.keys - step) for step in steps]).astype(np.int32)
+            if xp is np:
+                self._renumber()
+        # Each pixel's d+1 vertices and barycentric weights, (n, d+1), make the (n, m) slice
+        # matrix (CSR, built directly: d+1 distinct vertices per row); its transpose (CSC) is the
+        # splat, which then reads the pixels in order and scatters into the small lattice (4x
+        # faster than a CSR splat).
+        self.slice = _sparse_module(xp).csr_matrix(
+            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1, dtype=np.int32)),
+            shape=(n, m))
+        self.splat = self.slice.T
+
+    def _simplices(self, features, scale):
+        """The generic (NumPy/CuPy) simplices: (weights (n, d+1) float32, codes (n, d+1), base, powers)."""
+        xp, (n, d) = self.xp, features.shape
         # Everything below is on (d+1, n) arrays: row k holds coordinate k of every point.
         # Scale so that the [1 2 1] blur along the d+1 axes approximates a unit-variance Gaussian
         # (the original's factor: (d + 1) sqrt(2/3) / sqrt((i + 1)(i + 2)) on axis i), then
         # elevate onto the plane x . 1 = 0: e_0 = sum_k cf_k, e_k = sum_{j>=k} cf_j - k cf_{k-1}.
         i = xp.arange(1, d + 1, dtype=np.float64)[:, None]
-        cf = xp.asarray(features, dtype=np.float64).T * ((d + 1) * math.sqrt(2.0 / 3.0) / xp.sqrt(i * (i + 1)))
+        cf = xp.asarray(features, dtype=np.float64).T * xp.asarray(scale)[:, None]
         elevated = xp.zeros((d + 1, n))
         elevated[:d] = xp.cumsum(cf[::-1], axis=0)[::-1]
         elevated[1:] -= i * cf
@@ -265,12 +306,7 @@ class PermutohedralLattice:
         # Vertex r differs from vertex r-1 by +1 on every coordinate but -d on the one of rank
         # d + 1 - r (``owner``: its digit's power, 0 for the unstored coordinate d).
         stored = xp.rint(rem0[:d]).astype(np.int64)
-        low = int(stored.min()) - 2 * (d + 1)
-        base = int(stored.max()) + d - low + (d + 2)
-        if base ** d >= 2 ** 62:
-            raise ValueError(f"permutohedral lattice: features span too far to hash ({base}^{d} cells); "
-                             "scale them down (larger thetas)")
-        powers = [base ** k for k in range(d)]
+        low, base, powers = self._digits(stored)
         owner = xp.empty((d + 1) * n, dtype=np.int64)
         owner[(rank * n + columns).reshape(-1)] = xp.asarray(powers + [0], dtype=np.int64).repeat(n)
         owner = owner.reshape(d + 1, n)
@@ -278,33 +314,17 @@ class PermutohedralLattice:
         codes[0] = xp.asarray(powers, dtype=np.int64).dot(stored - low)
         for r in range(1, d + 1):
             codes[r] = codes[r - 1] + (sum(powers) - (d + 1) * owner[d + 1 - r])
-        self.weights = xp.ascontiguousarray(weights.T)
-        # Neighbours along lattice axis j: the key minus 1 on every coordinate and plus d on
-        # coordinate j (axis d: minus 1 on all d stored coordinates), and the opposite one.
-        steps = [-sum(powers) + ((d + 1) * base ** j if j < d else 0) for j in range(d + 1)]
-        kernels = _numba_kernels(xp, compiled, n)
-        if kernels is not None:
-            # A hash table numbers the vertices in the order the pixels first touch them.
-            self.index, self.keys, table_keys, table_ids = kernels.hash_vertices(xp.ascontiguousarray(codes.T))
-            self.m = m = self.keys.shape[0]
-            self.minus, self.plus = kernels.neighbours(table_keys, table_ids, self.keys,
-                                                       np.asarray(steps, dtype=np.int64))
-        else:
-            self.keys, index = xp.unique(codes.T.reshape(-1), return_inverse=True)  # pixel-major
-            self.m = m = self.keys.shape[0]
-            self.index = index.reshape(n, d + 1).astype(np.int32)
-            self.minus = xp.stack([self._find(self.keys + step) for step in steps]).astype(np.int32)
-            self.plus = xp.stack([self._find(self.keys - step) for step in steps]).astype(np.int32)
-            if xp is np:
-                self._renumber()
-        # Each pixel's d+1 vertices and barycentric weights, (n, d+1), make the (n, m) slice
-        # matrix (CSR, built directly: d+1 distinct vertices per row); its transpose (CSC) is the
-        # splat, which then reads the pixels in order and scatters into the small lattice (4x
-        # faster than a CSR splat).
-        self.slice = _sparse_module(xp).csr_matrix(
-            (self.weights.reshape(-1), self.index.reshape(-1), xp.arange(0, n * (d + 1) + 1, d + 1, dtype=np.int32)),
-            shape=(n, m))
-        self.splat = self.slice.T
+        return xp.ascontiguousarray(weights.T), xp.ascontiguousarray(codes.T), base, powers
+
+    def _digits(self, stored):
+        """(low, base, powers) of the vertices' hash codes, from the points' remainder-0 coordinates."""
+        d = self.d
+        low = int(stored.min()) - 2 * (d + 1)
+        base = int(stored.max()) + d - low + (d + 2)
+        if base ** d >= 2 ** 62:
+            raise ValueError(f"permutohedral lattice: features span too far to hash ({base}^{d} cells); "
+                             "scale them down (larger thetas)")
+        return low, base, [base ** k for k in range(d)]
 
     def _renumber(self):
         """Number the vertices in the order the pixels first touch them (``keys`` keeps the hash
@@ -468,6 +488,80 @@ def _hash_find(table_keys, table_ids, code, missing):
         slot = (slot + np.uint64(1)) & np.uint64(mask)
 
 
+def _simplex_kernel(features, scale):
+    """PermutohedralLattice._simplices' first half, point by point, the same float64 operations in
+    the same order: (weights (n, d+1) float32, remainder-0 coordinates (n, d) int64, ranks (n, d+1))."""
+    n, d = features.shape
+    inverse = 1.0 / (d + 1)
+    weights = np.empty((n, d + 1), dtype=np.float32)
+    stored = np.empty((n, d), dtype=np.int64)
+    ranks = np.empty((n, d + 1), dtype=np.int64)
+    elevated = np.empty(d + 1)
+    rem0 = np.empty(d + 1)
+    residual = np.empty(d + 1)
+    rank = np.empty(d + 1, dtype=np.int64)
+    s = np.empty(d + 1)
+    for p in range(n):
+        total = 0.0
+        for k in range(d - 1, -1, -1):  # e_k = sum_{j>=k} cf_j - k cf_{k-1}
+            total += features[p, k] * scale[k]
+            elevated[k] = total
+        elevated[d] = 0.0
+        for k in range(1, d + 1):
+            elevated[k] -= k * (features[p, k - 1] * scale[k - 1])
+        total = 0.0
+        for k in range(d + 1):
+            r = np.floor(elevated[k] * inverse)
+            if elevated[k] - (d + 1) * r > 0.5 * (d + 1):
+                r += 1.0
+            rem0[k] = r * (d + 1)
+            residual[k] = elevated[k] - rem0[k]
+            total += rem0[k]
+        shift_total = np.int64(np.rint(total * inverse))
+        for i in range(d + 1):
+            rank[i] = 0
+            for j in range(d + 1):
+                if j < i and residual[j] >= residual[i] or j > i and residual[j] > residual[i]:
+                    rank[i] += 1
+        for k in range(d + 1):
+            shift = 0
+            if shift_total > 0 and rank[k] >= d + 1 - shift_total:
+                shift = 1
+            elif shift_total < 0 and rank[k] < -shift_total:
+                shift = -1
+            rank[k] += shift_total - (d + 1) * shift
+            rem0[k] -= (d + 1) * shift
+            s[d - rank[k]] = (elevated[k] - rem0[k]) * inverse
+            ranks[p, k] = rank[k]
+        for k in range(1, d + 1):
+            weights[p, k] = s[k] - s[k - 1]
+        weights[p, 0] = 1.0 + s[0] - s[d]
+        for k in range(d):
+            stored[p, k] = np.int64(np.rint(rem0[k]))
+    return weights, stored, ranks
+
+
+def _codes_kernel(stored, ranks, low, powers):
+    """The hash codes (n, d+1) of each point's d+1 vertices (see PermutohedralLattice._simplices)."""
+    n, d = stored.shape
+    codes = np.empty((n, d + 1), dtype=np.int64)
+    owner = np.empty(d + 1, dtype=np.int64)
+    step = np.int64(0)
+    for k in range(d):
+        step += powers[k]
+    for p in range(n):
+        code = np.int64(0)
+        for k in range(d):
+            code += powers[k] * (stored[p, k] - low)
+            owner[ranks[p, k]] = powers[k]
+        owner[ranks[p, d]] = 0
+        codes[p, 0] = code
+        for r in range(1, d + 1):
+            code += step - (d + 1) * owner[d + 1 - r]
+            codes[p, r] = code
+    return codes
+
+
 def _hash_vertices_kernel(codes):
     """(n, k) vertex codes -> (n, k) vertex numbers in first-touch order, the codes by number,
     and the open-addressing table (keys, numbers; at most half full)."""
@@ -518,6 +612,8 @@ class _Kernels:
         jit = numba.njit(cache=True, nogil=True, error_model="numpy")
         helpers = {name: jit(globals()[name]) for name in ("_hash_slot", "_hash_insert", "_hash_find")}
         globals().update(helpers)  # the kernels call the compiled helpers
+        self.simplices = jit(_simplex_kernel)
+        self.codes = jit(_codes_kernel)
         self.hash_vertices = jit(_hash_vertices_kernel)
         self.neighbours = jit(_neighbours_kernel)
 
