@@ -300,3 +300,13 @@ def machine_info(ctx):
             "math_mode": ctx.math_mode,
         })
     return info
+
+
+def unused_stem(output_dir, stem, extensions=(".json", ".md")):
+    """``stem``, or ``stem-2``, ``stem-3``, ... : the first name no earlier run's result file has."""
+    taken = lambda s: any(os.path.exists(os.path.join(output_dir, s + ext)) for ext in extensions)
+    base, n = stem, 1
+    while taken(stem):                                # never overwrite an earlier run's results
+        n += 1
+        stem = f"{base}-{n}"
+    return stem

@@ -136,8 +136,9 @@ def compare(args):
         rows[-1]["config"] = f"2 processes x 1 thread, {args.overlap_bucket_mb} MB buckets (overlap)"
         for row in rows[-4:]:
             print(json.dumps(row), flush=True)
+    from .common import unused_stem
     stamp = time.strftime("%Y-%m-%d")
-    out = HERE / "results" / f"distributed-cpu-{stamp}"
+    out = HERE / "results" / unused_stem(HERE / "results", f"distributed-cpu-{stamp}")   # never overwrites
     machine = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "python": sys.version.split()[0],
                "command": "python -m benchmarks.distributed " + " ".join(sys.argv[1:])}
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

@@ -16,7 +16,7 @@ import re
 import sys
 
 from . import report
-from .common import MIN_SAMPLE_S, SETTLE_S, SLOW_SAMPLE_S, Context, load_average, machine_info
+from .common import MIN_SAMPLE_S, SETTLE_S, SLOW_SAMPLE_S, Context, load_average, machine_info, unused_stem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")  # recorded
@@ -94,11 +94,7 @@ def count_errors(results):
 
 def write(results, output_dir, stem):
     os.makedirs(output_dir, exist_ok=True)
-    taken = lambda s: any(os.path.exists(os.path.join(output_dir, s + ext)) for ext in (".json", ".md"))
-    base, n = stem, 1
-    while taken(stem):                                # never overwrite an earlier run's results
-        n += 1
-        stem = f"{base}-{n}"
+    stem = unused_stem(output_dir, stem)
     json_path = os.path.join(output_dir, stem + ".json")
     md_path = os.path.join(output_dir, stem + ".md")
     with open(json_path, "x") as f:

@@ -239,3 +239,20 @@ def test_result_files_name_the_thread_count_and_never_overwrite_an_earlier_run(t
     assert [os.path.basename(p) for p in first] == ["cpu-x.json", "cpu-x.md"]
     assert [os.path.basename(p) for p in second] == ["cpu-x-2.json", "cpu-x-2.md"]
     assert json.loads(Path(first[0]).read_text()) == {"run": 1} and Path(first[1]).read_text() == "table 1"
+
+
+def test_distributed_results_never_overwrite_an_earlier_run(tmp_path, monkeypatch):
+    """benchmarks.distributed names its files as benchmarks.run does: -2, -3, ... after an earlier run's."""
+    from benchmarks import distributed
+    monkeypatch.setattr(distributed, "HERE", tmp_path)
+    (tmp_path / "results").mkdir()
+    row = dict(net="unet", size="tiny", params_m=0.1, global_batch=2, buckets=0, step_ms=1.0, images_per_second=2.0,
+               allreduce_wait_ms=0.0, allreduce_wait_share=0.0)
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: dict(row))
+    args = distributed.argparse.Namespace(nets=["unet"], size="tiny", steps=1, global_batch=2, overlap_bucket_mb=1.0)
+    distributed.compare(args)
+    distributed.compare(args)
+    names = sorted(p.name for p in (tmp_path / "results").iterdir())
+    stamp = distributed.time.strftime("%Y-%m-%d")
+    assert names == sorted([f"distributed-cpu-{stamp}.json", f"distributed-cpu-{stamp}.md",
+                            f"distributed-cpu-{stamp}-2.json", f"distributed-cpu-{stamp}-2.md"])
