@@ -429,3 +429,20 @@ def test_init_weights_file_with_torchvision_resnet_keys(tmp_path, capsys):
     assert missing and not [k for k in missing if k.startswith("backbone.")]
     np.testing.assert_array_equal(model.backbone.layer2[3].conv3.weight.numpy(), state["layer2.3.conv3.weight"])
     assert "; 2 in the file unused" in capsys.readouterr().out  # fc.weight, fc.bias
+
+
+# ---------------------------------------------------------------- tools/trimap_miou.py (v3+'s boundary metric)
+def test_trimap_band_by_hand(capsys):
+    from tools.trimap_miou import BandedLoader, boundary_band, main
+    mask = np.zeros((6, 6), np.int64)
+    mask[2:4, 2:4] = 1  # a 2x2 square: band 1 = every pixel whose 3x3 neighbourhood touches the other label
+    expected = np.zeros((6, 6), bool)
+    expected[1:5, 1:5] = True
+    np.testing.assert_array_equal(boundary_band(mask, 1), expected)
+    assert boundary_band(mask, 2).all() and not boundary_band(mask, 0).any()
+    assert not boundary_band(np.ones((4, 4), np.int64), 3).any()  # no boundary, no band
+    images, masks = next(iter(BandedLoader([("x", mask[None])], 1)))
+    assert images == "x" and (masks[0][expected] == mask[expected]).all() and (masks[0][~expected] == 255).all()
+    assert (mask[0] == 0).all()  # the loader's masks are copied, not edited
+    assert main(["/nonexistent/checkpoint.npz"]) == 2
+    assert "error:" in capsys.readouterr().err
