@@ -298,10 +298,10 @@ if AVAILABLE:
 
 
     # ------------------------------------------------------------------ stride-1 convolution by taps
-    # (see conv2d_taps below). The products call NumPy's OpenBLAS directly from the compiled loop
-    # (``_gemm``: the address of cblas_?gemm, 64-bit integers), so one thread runs a sample's padding
-    # copy, its kh*kw products (the first with beta 0, the others adding in place with beta 1) and
-    # the cropping pass without the GIL and without a temporary per tap.
+    # (see conv2d_taps below). The products call NumPy's OpenBLAS directly from a compiled loop
+    # (``_gemm``: the address of cblas_?gemm, 64-bit integers), so a thread runs a chunk's kh*kw
+    # products (the first with beta 0, the others adding in place with beta 1) without the GIL and
+    # without a temporary per tap.
     from llvmlite import ir as _ir
     from numba.extending import intrinsic as _intrinsic
 
@@ -319,76 +319,25 @@ if AVAILABLE:
 
     _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
 
-    @_serial
-    def _pad_samples(x, lo, hi, padded, pt, pl):
-        """Samples [lo, hi) of x into slots 0.. of the padded planes (C, S, rows + 1, pitch) at (pt, pl)
-        (negative: cropped); the borders stay as they are (zero)."""
-        c, h, w = x.shape[1], x.shape[2], x.shape[3]
-        rows, pitch = padded.shape[2] - 1, padded.shape[3]
-        for ch in range(c):
-            for i in range(lo, hi):
-                for y in range(max(0, -pt), min(h, rows - pt)):
-                    src, dst = x[i, ch, y], padded[ch, i - lo, y + pt]
-                    for xx in range(max(0, -pl), min(w, pitch - pl)):
-                        dst[_u(xx + pl)] = src[_u(xx)]
-
     @_jit
-    def _taps_forward(lo, hi, x, taps, offsets, bias, has_bias, out, pt, pl, rows, pitch, chunk, gemm):
-        """Samples [lo, hi), ``chunk`` at a time: their padded planes side by side per channel, so one
-        product per tap covers them all (the rows between two samples' outputs are computed and dropped)."""
+    def _taps_products(taps, padded, wide, offsets, positions, weight_grad, gemm):
+        """The kh*kw products of a chunk of samples: the forward's wide (O, positions) = sum over taps
+        of taps[t] (O, C) @ view_t (C, positions), or with ``weight_grad`` taps[t] (O, C) +=
+        wide (O, positions) @ view_t^T. view_t: ``padded`` (C, L) from column offsets[t], row stride L."""
         t_count, o, c = taps.shape
-        oh, ow = out.shape[2], out.shape[3]
-        plane = (rows + 1) * pitch   # one sample's padded plane, with the spare row the last tap runs into
+        stride, wide_stride = padded.shape[1], wide.shape[1]
         one, zero = taps.dtype.type(1), taps.dtype.type(0)
-        size = taps.itemsize
-        padded = np.zeros((c, chunk, rows + 1, pitch), taps.dtype)
-        wide = np.empty((o, chunk * plane), taps.dtype)
-        for first in range(lo, hi, chunk):
-            count = min(chunk, hi - first)
-            positions = (count - 1) * plane + oh * pitch
-            _pad_samples(x, first, first + count, padded, pt, pl)
-            for t in range(t_count):
-                _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _NO_TRANS, np.int64(o), np.int64(positions), np.int64(c), one,
-                      np.int64(taps[t].ctypes.data), np.int64(c),
-                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64(chunk * plane),
-                      zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(chunk * plane))
-            for k in range(count):
-                for oc in range(o):
-                    b = bias[oc] if has_bias else zero
-                    src = wide[oc]
-                    for oy in range(oh):
-                        dst, base = out[first + k, oc, oy], k * plane + oy * pitch
-                        for ox in range(ow):
-                            dst[_u(ox)] = src[_u(base + ox)] + b
-
-    @_jit
-    def _taps_weight_grad(lo, hi, x, gy, offsets, grad, pt, pl, rows, pitch, chunk, gemm):
-        """grad[t] += gy (O, positions) @ view_t^T (positions, C) over samples [lo, hi), ``chunk`` at a
-        time; gy sits on the padded planes' grid, zero between the rows and samples it covers."""
-        t_count, o, c = grad.shape
-        oh, ow = gy.shape[2], gy.shape[3]
-        plane = (rows + 1) * pitch
-        one = grad.dtype.type(1)
-        size = grad.itemsize
-        padded = np.zeros((c, chunk, rows + 1, pitch), grad.dtype)
-        wide = np.zeros((o, chunk * plane), grad.dtype)   # only the output positions are ever written
-        for first in range(lo, hi, chunk):
-            count = min(chunk, hi - first)
-            positions = (count - 1) * plane + oh * pitch
-            _pad_samples(x, first, first + count, padded, pt, pl)
-            for k in range(count):
-                for oc in range(o):
-                    dst = wide[oc]
-                    for oy in range(oh):
-                        src, base = gy[first + k, oc, oy], k * plane + oy * pitch
-                        for ox in range(ow):
-                            dst[_u(base + ox)] = src[_u(ox)]
-            for t in range(t_count):
+        base, size = np.int64(padded.ctypes.data), np.int64(taps.itemsize)
+        for t in range(t_count):
+            view = base + np.int64(offsets[t]) * size
+            if weight_grad:
                 _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _TRANS, np.int64(o), np.int64(c), np.int64(positions), one,
-                      np.int64(wide.ctypes.data), np.int64(chunk * plane),
-                      np.int64(padded.ctypes.data) + np.int64(offsets[t] * size), np.int64(chunk * plane),
-                      one, np.int64(grad[t].ctypes.data), np.int64(c))
-
+                      np.int64(wide.ctypes.data), np.int64(wide_stride), view, np.int64(stride),
+                      one, np.int64(taps[t].ctypes.data), np.int64(c))
+            else:
+                _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _NO_TRANS, np.int64(o), np.int64(positions), np.int64(c), one,
+                      np.int64(taps[t].ctypes.data), np.int64(c), view, np.int64(stride),
+                      zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(wide_stride))
 
 # ---------------------------------------------------------------------- the thread pool
 _pool = None
@@ -726,9 +675,11 @@ def batched_matmul(a, b):
 # The output is then kh*kw products, weight[:, :, ky, kx] (O, C) @ view (C, OH*W'), added up; its
 # W' - OW extra columns per row are dropped at the end. This is "kn2row" (Vasudevan et al. 2017,
 # Anderson et al. 2017): no im2col copy kh*kw times the image, each sample's products stay in cache,
-# and each thread takes whole samples. Measured (benchmarks/README.md "Issue 12"): U-Net's (8, 16,
-# 64, 64) 16->16 layer, forward + input gradient + weight gradient, 19.8 ms by im2col and 11.6 ms by
-# taps on one thread, 11.9 and 7.6 ms on two.
+# and each thread takes whole samples. Several samples of a small map go in one product: their
+# padded planes side by side per channel, the rows between two samples' outputs computed and
+# dropped. Measured (benchmarks/README.md "Issue 12"): U-Net's (8, 16, 64, 64) 16->16 layer,
+# forward + input gradient + weight gradient, 19.8 ms by im2col and 11.6 ms by taps on one
+# thread, 11.9 and 7.6 ms on two.
 
 def _find_gemm():
     """{dtype: address of cblas_sgemm / cblas_dgemm} in NumPy's OpenBLAS (the scipy-openblas64 wheels'
@@ -771,43 +722,74 @@ def _chunk(n, rows, pitch):
     return max(1, min(n, _TAPS_POSITIONS // ((rows + 1) * pitch)))
 
 
+def _place(x, first, count, padded, pad_before):
+    """Samples [first, first + count) of x into slots 0.. of the padded planes (C, S, rows + 1, pitch)
+    at pad_before (negative: cropped); the borders stay as they are (zero)."""
+    (pt, pl), (h, w) = pad_before, x.shape[2:]
+    rows, pitch = padded.shape[2] - 1, padded.shape[3]
+    y0, x0 = max(-pt, 0), max(-pl, 0)
+    y1, x1 = min(h, rows - pt), min(w, pitch - pl)
+    padded[:, :count, y0 + pt:y1 + pt, x0 + pl:x1 + pl] = x[first:first + count, :, y0:y1, x0:x1].transpose(1, 0, 2, 3)
+
+
 def conv2d_taps(x, w, pad_before, pad_after, dilation, bias=None):
     """Stride-1, ungrouped ``conv2d`` of (N, C, H, W) by (O, C, kh, kw) with (top, left) / (bottom,
-    right) padding (negative: crop): kh*kw shifted products per sample, samples split over the threads."""
+    right) padding (negative: crop). Each thread takes a share of the samples, a chunk at a time:
+    their padded planes side by side per channel (one NumPy copy), kh*kw products into the wide
+    output (``_taps_products``, no GIL), the output cut out of it (one NumPy copy, + bias).
+    The copies in NumPy rather than compiled: measured as fast (the steps 0.86-0.92x the time of
+    compiled copies) and 3 s less to compile on a machine's first run."""
     n, c = x.shape[:2]
     o, _, kh, kw = w.shape
-    rows, pitch, out_size = _taps_geometry(x.shape, (kh, kw), pad_before, pad_after, dilation)
+    rows, pitch, (oh, ow) = _taps_geometry(x.shape, (kh, kw), pad_before, pad_after, dilation)
     taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=x.dtype).reshape(kh * kw, o, c)
-    out = np.empty((n, o) + out_size, dtype=x.dtype)
-    has_bias = bias is not None
-    bias = _c(bias, x.dtype) if has_bias else np.zeros(1, x.dtype)
-    args = (_c(x), taps, _tap_offsets((kh, kw), dilation, pitch), bias, has_bias, out,
-            *_int(*pad_before, rows, pitch, _chunk(n, rows, pitch)), _GEMM[np.dtype(x.dtype)])
-    run_in_shares(lambda part: _taps_forward(part[0], part[-1] + 1, *args) if part else None, range(n),
-                  cost=out.size * c * kh * kw)
+    offsets, chunk, plane = _tap_offsets((kh, kw), dilation, pitch), _chunk(n, rows, pitch), (rows + 1) * pitch
+    out = np.empty((n, o, oh, ow), dtype=x.dtype)
+    gemm = _GEMM[np.dtype(x.dtype)]
+
+    def work(part):
+        padded = np.zeros((c, chunk, rows + 1, pitch), dtype=x.dtype)
+        wide = np.empty((o, chunk, rows + 1, pitch), dtype=x.dtype)
+        for first in range(part[0], part[-1] + 1, chunk) if part else ():
+            count = min(chunk, part[-1] + 1 - first)
+            _place(x, first, count, padded, pad_before)
+            _taps_products(taps, padded.reshape(c, -1), wide.reshape(o, -1), offsets,
+                           (count - 1) * plane + oh * pitch, False, gemm)
+            block = wide[:, :count, :oh, :ow].transpose(1, 0, 2, 3)
+            if bias is None:
+                out[first:first + count] = block
+            else:
+                np.add(block, bias.reshape(1, o, 1, 1), out=out[first:first + count])
+    run_in_shares(work, range(n), cost=out.size * c * kh * kw)
     return out
 
 
 def conv2d_taps_weight_grad(x, gy, kernel, pad_before, pad_after, dilation):
-    """d<conv2d_taps(x, W), gy>/dW, (O, C, kh, kw): per tap, gy (O, OH*W') @ view(x)^T, summed over
-    the samples (one partial sum per thread, added in order); gy is widened to the padded pitch with
-    zero columns, so they add nothing."""
+    """d<conv2d_taps(x, W), gy>/dW, (O, C, kh, kw): per tap, gy (O, positions) @ view(x)^T, summed over
+    the samples (one partial sum per thread, added in order); gy is laid out on the padded planes'
+    grid, zero between the output rows and samples, so those positions add nothing."""
     n, c = x.shape[:2]
-    o = gy.shape[1]
+    o, (oh, ow) = gy.shape[1], gy.shape[2:]
     rows, pitch, _ = _taps_geometry(x.shape, kernel, pad_before, pad_after, dilation)
-    args = (_c(x), _c(gy, x.dtype), _tap_offsets(kernel, dilation, pitch))
+    offsets, chunk, plane = _tap_offsets(kernel, dilation, pitch), _chunk(n, rows, pitch), (rows + 1) * pitch
+    gemm = _GEMM[np.dtype(x.dtype)]
 
     def work(part):
         grad = np.zeros((kernel[0] * kernel[1], o, c), dtype=x.dtype)
-        if part:
-            _taps_weight_grad(part[0], part[-1] + 1, *args, grad,
-                              *_int(*pad_before, rows, pitch, _chunk(n, rows, pitch)), _GEMM[np.dtype(x.dtype)])
+        padded = np.zeros((c, chunk, rows + 1, pitch), dtype=x.dtype)
+        wide = np.zeros((o, chunk, rows + 1, pitch), dtype=x.dtype)   # zero outside the output positions
+        for first in range(part[0], part[-1] + 1, chunk) if part else ():
+            count = min(chunk, part[-1] + 1 - first)
+            _place(x, first, count, padded, pad_before)
+            wide[:, :count, :oh, :ow] = gy[first:first + count].transpose(1, 0, 2, 3)
+            _taps_products(grad, padded.reshape(c, -1), wide.reshape(o, -1), offsets,
+                           (count - 1) * plane + oh * pitch, True, gemm)
         return grad
     partials = run_in_shares(work, range(n), cost=gy.size * c * kernel[0] * kernel[1])
     grad = partials[0]
     for partial in partials[1:]:
         grad += partial
-    return np.ascontiguousarray(grad.reshape(kernel + (o, c)).transpose(2, 3, 0, 1))
+    return np.ascontiguousarray(grad.reshape(tuple(kernel) + (o, c)).transpose(2, 3, 0, 1))
 
 
 if not _GEMM:   # no BLAS to call from compiled code: kernels.get finds nothing, im2col runs
