@@ -81,6 +81,8 @@ GEOMETRIES = [  # (shape, kernel, stride, pad_before, dilation, ceil_mode)
     ((1, 2, 3, 11), (2, 5), (1, 3), (0, 2), (1, 2), False),
     ((3, 2, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1), False),       # all padding but the centre
     ((1, 2, 40, 36), (16, 16), (8, 8), (4, 4), (1, 1), False),   # FCN-8s's upsampling
+    ((1, 2, 70, 66), (64, 64), (32, 32), (0, 0), (1, 1), False), # FCN-32s's: rows of 1-2, along the taps
+    ((2, 3, 9, 12), (3, 12), (1, 3), (1, 1), (1, 1), False),     # along the taps, with padding
     ((2, 3, 8, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),       # every net's pooling (max-pool's 2x2 kernel)
     ((1, 2, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), False),       # odd sizes: the last row/column left out
     ((1, 2, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), True),        # ceil mode: partial windows, general kernel

@@ -461,8 +461,10 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
     shape = ((c,) + tuple(kernel_size) + (n,) if folded else (n, c) + tuple(kernel_size)) + tuple(out_size)
     col = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
     if col.size:
-        # output rows shorter than the kernel (FCN's upsampling): along the taps instead (compiled when first needed)
-        kernel = _im2col_by_taps if out_size[1] < kernel_size[1] else _im2col
+        # output rows a quarter of the kernel's width or less (FCN-32s's upsampling: 2 of 64): along the
+        # taps instead (compiled when first needed); measured steps: FCN-32s 0.86x, FCN-16s 0.96x, and
+        # FCN-8s 1.06x with rows of half the kernel, hence the quarter
+        kernel = _im2col_by_taps if 4 * out_size[1] <= kernel_size[1] else _im2col
         _run(kernel, n * c, col.size, _c(x), col, bool(folded),
              *_int(*kernel_size, *out_size, *stride, *pad_before, *dilation), x.dtype.type(pad_value))
     return col
@@ -478,7 +480,7 @@ def col2im(col, input_size, stride, pad_before, dilation, out=None):
     else:
         img = np.zeros(out.shape, dtype=col.dtype)
     if col.size and img.size:
-        kernel = _col2im_add_by_taps if col.shape[5] < col.shape[3] else _col2im_add
+        kernel = _col2im_add_by_taps if 4 * col.shape[5] <= col.shape[3] else _col2im_add   # as in im2col
         _run(kernel, n * c, col.size, _c(col), img, *_int(*stride, *pad_before, *dilation))
     if out is not None and img is not out:
         out += img
