@@ -290,6 +290,33 @@ def test_matmul_matches_generic(threads, dtype, form):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_blas_product_reads_any_blas_layout_and_refuses_the_rest(dtype):
+    """cpu._blas_product (cblas_?gemm per slice) against numpy.matmul: row- and column-major operands,
+    sub-matrix views, broadcast batches, accumulation, an empty inner dimension; other layouts refused."""
+    if not cpu._CBLAS:
+        pytest.skip("no cblas_?gemm found in NumPy's BLAS: the products use numpy.matmul")
+    rng = np.random.default_rng(11)
+    big = rng.standard_normal((3, 9, 12)).astype(dtype)
+    cases = [  # (a, b, transpose_a, transpose_b, accumulate)
+        (big[:, :5, :7], rng.standard_normal((3, 7, 4)).astype(dtype), False, False, False),
+        (big[0, :7, :5], rng.standard_normal((2, 7, 4)).astype(dtype), True, False, True),   # broadcast a
+        (np.asfortranarray(rng.standard_normal((5, 7)).astype(dtype)), big[1, :4, :7], False, True, False),
+        (rng.standard_normal((5, 0)).astype(dtype), rng.standard_normal((0, 3)).astype(dtype), False, False, False),
+    ]
+    for a, b, ta, tb, acc in cases:
+        a_op = np.swapaxes(a, -1, -2) if ta else a
+        b_op = np.swapaxes(b, -1, -2) if tb else b
+        expected = np.matmul(a_op, b_op)
+        out = rng.standard_normal(expected.shape).astype(dtype)
+        start = out.copy()
+        assert cpu._blas_product(a, b, out, ta, tb, acc)
+        np.testing.assert_allclose(out, expected + (start if acc else 0), **close(dtype))
+    every_other = rng.standard_normal((5, 14)).astype(dtype)[:, ::2]   # no unit stride: not a BLAS matrix
+    assert not cpu._blas_product(every_other, rng.standard_normal((7, 3)).astype(dtype), np.empty((5, 3), dtype),
+                                 False, False, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((4, 5, 7), (7, 9)), ((2, 1, 5, 7), (3, 7, 2)),
                                     ((6, 7), (2, 7, 4))], ids=str)
 def test_matmul_op_matches_generic(threads, dtype, shapes):

@@ -613,9 +613,55 @@ def claim_blas():
 
 
 def _product(a, b, out, transpose_a, transpose_b, accumulate):
-    """The generic product (``minigrad.functional.conv.generic_matmul``) on a share, single-threaded BLAS."""
+    """One share's product, single-threaded: OpenBLAS's cblas_?gemm on each 2-D slice (``_blas_product``:
+    transposed operands read in place, ``accumulate`` as beta=1, no temporaries), or where an operand
+    is not a BLAS matrix the generic code (``minigrad.functional.conv.generic_matmul``)."""
+    if _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
+        return out
     from ..functional.conv import generic_matmul  # functional imports kernels: resolved at call time
     return generic_matmul(a, b, out, transpose_a, transpose_b, accumulate)
+
+
+def _blas_matrix(m):
+    """(stored transposed, leading dimension) of a 2-D array BLAS can read in place, else None."""
+    (s0, s1), item = m.strides, m.itemsize
+    if s1 == item and s0 % item == 0 and s0 // item >= max(1, m.shape[1]):
+        return False, s0 // item
+    if s0 == item and s1 % item == 0 and s1 // item >= max(1, m.shape[0]):
+        return True, s1 // item   # column-major: the transpose of a row-major matrix
+    return None
+
+
+def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
+    """out = op(a) @ op(b) (+ out) by cblas_?gemm per 2-D slice (batch axes broadcast as numpy.matmul);
+    False (nothing done) where there is no such BLAS or an operand's layout does not fit."""
+    gemm = _CBLAS.get(out.dtype)
+    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or out.ndim < 2 or a.ndim < 2 or b.ndim < 2:
+        return False
+    lead = out.shape[:-2]
+    a_all = np.broadcast_to(a, lead + a.shape[-2:])
+    b_all = np.broadcast_to(b, lead + b.shape[-2:])
+    m, n = out.shape[-2:]
+    k = a.shape[-2] if transpose_a else a.shape[-1]
+    if out.size == 0:
+        return True
+    if k == 0:
+        if not accumulate:
+            out[...] = 0
+        return True
+    beta = 1.0 if accumulate else 0.0
+    calls = []
+    for index in np.ndindex(*lead):
+        a2, b2, c2 = a_all[index], b_all[index], out[index]
+        layout_a, layout_b, layout_c = _blas_matrix(a2), _blas_matrix(b2), _blas_matrix(c2)
+        if layout_a is None or layout_b is None or layout_c is None or layout_c[0]:
+            return False
+        calls.append((_TRANS if transpose_a != layout_a[0] else _NO_TRANS, _TRANS if transpose_b != layout_b[0]
+                      else _NO_TRANS, a2.ctypes.data, layout_a[1], b2.ctypes.data, layout_b[1], c2.ctypes.data,
+                      layout_c[1]))
+    for trans_a, trans_b, pa, lda, pb, ldb, pc, ldc in calls:   # ctypes releases the GIL during each call
+        gemm(101, int(trans_a), int(trans_b), m, n, k, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
+    return True
 
 
 def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
@@ -701,6 +747,22 @@ def _find_gemm():
 
 
 _GEMM = _find_gemm() if AVAILABLE else {}
+
+
+def _cblas_functions():
+    """{dtype: cblas_?gemm callable from Python through ctypes (which releases the GIL while it runs)}."""
+    import ctypes
+    functions = {}
+    for dtype, address in _GEMM.items():
+        real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        prototype = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64,
+                                     ptr, i64, real, ptr, i64)
+        functions[dtype] = prototype(address)
+    return functions
+
+
+_CBLAS = _cblas_functions()
 
 
 def _tap_offsets(kernel, dilation, pitch):
