@@ -98,7 +98,8 @@ RECIPES = {
     # stride-16 map) see only their centre tap plus zero padding: every branch would act as a 1x1 conv. So
     # the rates are scaled to the 8x8 map, as for deeplabv2_vgg16 above: v2 1/2/3/4 (the reference's / 6),
     # v3 and v3+ 1/2/3 (/ 12, the references' 1:2:3 kept), and v3+ runs at output stride 8 (jfzhang95's
-    # option) so that v3 and v3+ differ only by the decoder (and v3+'s multi-grid layer4).
+    # option) so that v3 and v3+ differ only by the decoder (and v3+'s multi-grid layer4). Fashion-MNIST
+    # scenes, 8 epochs (README): val mIoU v3 0.283, v3+ 0.292, PSPNet-50 0.351 (FCN-8s 0.425).
     "deeplabv2_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
                             "model_options": {"atrous_rates": [1, 2, 3, 4]}},
     "deeplabv3_resnet101": {"width": 8, "crop_size": 64, "optimizer": "adam", "lr": 3e-3, "epochs": 6,
