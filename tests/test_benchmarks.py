@@ -256,3 +256,15 @@ def test_distributed_results_never_overwrite_an_earlier_run(tmp_path, monkeypatc
     stamp = distributed.time.strftime("%Y-%m-%d")
     assert names == sorted([f"distributed-cpu-{stamp}.json", f"distributed-cpu-{stamp}.md",
                             f"distributed-cpu-{stamp}-2.json", f"distributed-cpu-{stamp}-2.md"])
+
+
+def test_conv_layers_records_each_conv_of_a_step_and_times_both_libraries(capsys):
+    """benchmarks.conv_layers: the recorded calls are the step's conv2d calls (U-Net tiny: 2 per level and
+    the 1x1 classifier), and the table has one row per distinct layer plus the total."""
+    require_torch()
+    from benchmarks import conv_layers
+    calls = conv_layers.record_convs("unet", "tiny")
+    assert len(calls) == 19 and calls[-1][1][2:] == (1, 1)      # 9 levels x 2 convs + the 1x1 classifier
+    conv_layers.main(["--net", "unet", "--size", "tiny", "--threads", "1", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(set(calls)) + 1 and rows[-1].startswith("| all |")   # header, layers, total
