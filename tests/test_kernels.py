@@ -411,7 +411,9 @@ def stride1_problems(draw):
     side = draw(st.sampled_from([1, 3, 7, 70]))
     h = max(side, dh * (kh - 1) + 1 - 2 * pads[0])
     w = max(draw(st.sampled_from([2, 9, 12])), dw * (kw - 1) + 1 - 2 * pads[1])   # taps: output width >= 8
-    return dict(n=draw(st.integers(1, 5)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 3)), h=h, w=w,
+    # the taps need 16 input channels (each direction's); 15 exercises the fallback in the same example
+    return dict(n=draw(st.integers(1, 5)), c=draw(st.sampled_from([15, 16, 17])), o=draw(st.sampled_from([15, 16])),
+                h=h, w=w,
                 kernel=(kh, kw), padding=padding, dilation=(dh, dw), bias=draw(st.booleans()),
                 dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
 
@@ -459,15 +461,18 @@ def test_stride1_conv_runs_by_taps_and_only_what_is_asked(monkeypatch):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     rng = np.random.default_rng(0)
-    x, w = mg.tensor(rng.standard_normal((2, 3, 9, 9)), requires_grad=True), mg.tensor(rng.standard_normal((4, 3, 3, 3)))
+    x, w = mg.tensor(rng.standard_normal((2, 16, 9, 9)), requires_grad=True), mg.tensor(rng.standard_normal((16, 16, 3, 3)))
     F.conv2d(x, w, padding=1).sum().backward()
     assert calls == ["conv2d_taps", "conv2d_taps"] and w.grad is None   # forward, then the input gradient
     calls.clear()
-    x, w = mg.tensor(rng.standard_normal((2, 3, 9, 9))), mg.tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    x, w = mg.tensor(rng.standard_normal((2, 16, 9, 9))), mg.tensor(rng.standard_normal((16, 16, 3, 3)), requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()
     assert calls == ["conv2d_taps", "conv2d_taps_weight_grad"] and x.grad is None
     calls.clear()
     F.conv2d(x, w, stride=2, padding=1)   # other strides: im2col
+    assert calls and set(calls) == {"im2col"}
+    calls.clear()
+    F.conv2d(x[:, :3], w[:, :3], padding=1)   # 3 input channels: too few for the taps, im2col
     assert calls and set(calls) == {"im2col"}
 
 

@@ -139,7 +139,7 @@ def _bias_grad(g, bias):
 # ---------------------------------------------------------------------------- the array kernels
 def _conv_array(x, w, geom, bias=None):
     """Image side (N, C, H, W) -> column side (N, O, OH, OW): im2col, then one product per group (+ bias)."""
-    taps = _by_taps(w, geom)
+    taps = _by_taps(w, geom, w.shape[1])
     if taps is not None:
         return taps(x, w, geom.pad_before, _pad_after(geom), geom.dilation, bias)
     xp = get_array_module(w)
@@ -169,7 +169,7 @@ def _conv_array(x, w, geom, bias=None):
 
 def _conv_transpose_array(y, w, geom):
     """Column side (N, O, OH, OW) -> image side (N, C, H, W): weight^T @ y, then col2im."""
-    taps = _by_taps(w, geom)
+    taps = _by_taps(w, geom, w.shape[0])
     if taps is not None and min(_flipped_padding(geom)[0] + _flipped_padding(geom)[1]) >= 0:
         # for stride 1 this is a convolution of y with the flipped, transposed weight
         return taps(y, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], *_flipped_padding(geom), geom.dilation)
@@ -249,7 +249,7 @@ def _conv_weight_grad(x, gy, geom):
     took 88 ms in 14-row tiles of one sample, 45 ms in one tile (one product of the same
     FLOPs: 30 ms).
     """
-    if _by_taps(x, geom) is not None:
+    if _by_taps(x, geom, x.shape[1]) is not None:
         return kernels.get("conv2d_taps_weight_grad", x)(x, gy, geom.kernel, geom.pad_before, _pad_after(geom),
                                                           geom.dilation)
     xp = get_array_module(x)
@@ -302,17 +302,20 @@ def _fold_batch(samples, channels_per_group, tile):
     return samples > 1 and channels_per_group > tile.column_size[0] * tile.column_size[1]
 
 
-def _by_taps(like, geom):
+def _by_taps(like, geom, inner):
     """The CPU's stride-1 convolution without columns (``kernels.cpu.conv2d_taps``), where it pays.
 
     Its products run over each sample's padded plane, (OH + dilation*(kh-1) + 1) rows of
     OW + dilation*(kw-1), and drop what falls outside the output: not where that is over 2.5 times
     the output (small maps, large dilations), where im2col's columns hold only real positions
     ((8, 512, 2, 2) 512->512 forward+backward at one thread: 28 ms by im2col, 60 ms by taps), nor
-    for 1x1 kernels (their columns are the image already). Measured where it pays, one thread:
+    for 1x1 kernels (their columns are the image already), nor where the products' ``inner``
+    dimension (the input channels of the convolution computed) is under 16: each tap's product then
+    does a few multiply-adds per output it reads and writes (VGG conv1_1, 3 -> 64 channels at
+    128x128, 2 threads: 3.3x PyTorch's time by taps). Measured where it pays, one thread:
     (8, 64, 8, 8) 64->128 10.6 -> 7.2 ms, (8, 128, 16, 16) 128->64 33.4 -> 22.4 ms.
     """
-    if geom.stride != (1, 1) or geom.groups != 1 or geom.kernel == (1, 1):
+    if geom.stride != (1, 1) or geom.groups != 1 or geom.kernel == (1, 1) or inner < 16:
         return None
     (oh, ow), (dh, dw), (kh, kw) = geom.column_size, geom.dilation, geom.kernel
     if 2 * (oh + dh * (kh - 1) + 1) * (ow + dw * (kw - 1)) > 5 * oh * ow:
