@@ -195,11 +195,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     classes, smoothing = input.shape[1], label_smoothing
     xp, x = input.xp, input.data
     # Softmax kept as exp(x - max) and its per-element sum: the backward scales it in one pass.
-    top = x.max(axis=1, keepdims=True)
-    exp_shifted = x - top
-    xp.exp(exp_shifted, out=exp_shifted)
-    exp_sum = exp_shifted.sum(axis=1, keepdims=True)
-    log_sum_exp = (top + xp.log(exp_sum))[:, 0]
+    exp_shifted, exp_sum, log_sum_exp = _shifted_softmax(x)
     target_at = _flat_class_positions(index, classes)  # where x[n, target, ...] sits in x.ravel()
     loss = target_weight * (log_sum_exp - xp.ascontiguousarray(x).ravel()[target_at])
     # the smoothing term's per-class weights (ones without weights)
@@ -215,12 +211,52 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         total_weight = (1 - smoothing) * target_weight
         if smoothing > 0:
             total_weight = total_weight + smoothing * class_w.mean()
-        grad = exp_shifted * (factor * total_weight / exp_sum[:, 0])[:, None]  # S * softmax * upstream factor
+        # S * softmax * upstream factor
+        grad = _by_samples(lambda part, out: xp.multiply(exp_shifted[part], (factor[part] * total_weight[part]
+                                                                             / exp_sum[part, 0])[:, None], out=out),
+                           exp_shifted)
         grad.ravel()[target_at] -= factor * (1 - smoothing) * target_weight  # the one-hot part of coef
         if smoothing > 0:
             grad -= factor[:, None] * (smoothing / classes) * class_w.reshape((1, classes) + (1,) * (x.ndim - 2))
         return (grad,)
     return _squeezed(_result(out, (input,), backward), reduction, squeeze)
+
+
+def _shifted_softmax(x):
+    """(exp(x - max), its sum over the classes (axis 1, kept), log-sum-exp) of logits (N, C, ...).
+
+    NumPy's exp runs on one core; on the CPU the samples are split over the threads (NumPy
+    releases the GIL in its loops), everywhere else it is one pass over the whole batch.
+    """
+    xp = get_array_module(x)
+    exp_sum = xp.empty((x.shape[0], 1) + x.shape[2:], dtype=x.dtype)
+    log_sum_exp = xp.empty((x.shape[0],) + x.shape[2:], dtype=x.dtype)
+
+    def pieces(part, out):
+        top = x[part].max(axis=1, keepdims=True)
+        xp.subtract(x[part], top, out=out)
+        xp.exp(out, out=out)
+        out.sum(axis=1, keepdims=True, out=exp_sum[part])
+        log_sum_exp[part] = (top + xp.log(exp_sum[part]))[:, 0]
+    return _by_samples(pieces, x), exp_sum, log_sum_exp
+
+
+def _by_samples(fill, like):
+    """A new array shaped like ``like``, ``fill(samples, out)`` writing each share of the samples (axis 0):
+    on the CPU kernels' threads where there are any (``kernels.run_in_shares``), else at once."""
+    out = get_array_module(like).empty_like(like)
+    n = like.shape[0]
+    spread = kernels.get("run_in_shares", like)
+    if spread is None or n < 2:
+        fill(slice(0, n), out)
+        return out
+
+    def share(samples):
+        if samples:
+            part = slice(samples[0], samples[-1] + 1)
+            fill(part, out[part])
+    spread(share, range(n), None, 16 * like.size)   # ~16 operations per element (exp, max, sum, scale)
+    return out
 
 
 def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, smoothing):
