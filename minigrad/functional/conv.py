@@ -187,7 +187,8 @@ def _conv_transpose_array(y, w, geom):
             samples = y_tile.shape[0]
             if _fold_batch(samples, o // g, tile):   # one product for all samples (weight read once)
                 y_folded = xp.ascontiguousarray(y_tile.transpose(1, 0, 2, 3)).reshape(g, o // g, -1)
-                col = _matmul(w_mat, y_folded, None, transpose_a=True)   # (g, C/g*kh*kw, S*P)
+                col = _workspace(w, (g, w_mat.shape[2], y_folded.shape[2]))   # None on a GPU: a new array
+                col = _matmul(w_mat, y_folded, col, transpose_a=True)   # (g, C/g*kh*kw, S*P)
                 col = col.reshape((c,) + tile.kernel + (samples,) + y_tile.shape[2:]).transpose(3, 0, 1, 2, 4, 5)
                 col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
                 continue
