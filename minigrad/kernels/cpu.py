@@ -465,9 +465,13 @@ def im2col(x, kernel_size, stride, pad_before, dilation, out_size, pad_value=0.0
         # taps instead (compiled when first needed); measured steps: FCN-32s 0.86x, FCN-16s 0.96x, and
         # FCN-8s 1.06x with rows of half the kernel, hence the quarter
         by_taps = 4 * out_size[1] <= kernel_size[1]
-        if not by_taps and (_threads() <= 1 or col.size < _MIN_PARALLEL):
+        (kh, kw), (oh, ow), (sh, sw), (dh, dw) = kernel_size, out_size, stride, dilation
+        padded_plane = ((oh - 1) * sh + dh * (kh - 1) + 1) * ((ow - 1) * sw + dw * (kw - 1) + 1)
+        if not by_taps and (_threads() <= 1 or col.size < _MIN_PARALLEL) and padded_plane <= kh * kw * oh * ow:
             # on one thread (a share of a convolution's tiles, or set_num_threads(1)) NumPy's strided copy
-            # of the window view is faster than this kernel: (8, 64, 8, 8) 3x3 folded 0.47 against 1.00 ms
+            # of the window view is faster than this kernel: (8, 64, 8, 8) 3x3 folded 0.47 against 1.00 ms;
+            # not where the view's padded copy of the image would outgrow the columns (DeepLab v3's ASPP,
+            # dilation 36 on 8x8 maps: 100x the map, 93 MB more peak memory)
             from ..functional.im2col import window_view
             windows = window_view(x, kernel_size, stride, pad_before, dilation, out_size, pad_value)
             np.copyto(col, windows.transpose(1, 2, 3, 0, 4, 5) if folded else windows)
@@ -647,10 +651,12 @@ def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
     if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or out.ndim < 2 or a.ndim < 2 or b.ndim < 2:
         return False
     lead = out.shape[:-2]
-    a_all = np.broadcast_to(a, lead + a.shape[-2:])
-    b_all = np.broadcast_to(b, lead + b.shape[-2:])
     m, n = out.shape[-2:]
     k = a.shape[-2] if transpose_a else a.shape[-1]
+    if out.size and out.size // (m * n) > 8 and m * n * k < 1 << 16:
+        return False   # many small products (adaptive pooling's bin matrices): numpy.matmul loops in C
+    a_all = np.broadcast_to(a, lead + a.shape[-2:])
+    b_all = np.broadcast_to(b, lead + b.shape[-2:])
     if out.size == 0:
         return True
     if k == 0:
