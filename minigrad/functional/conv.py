@@ -170,9 +170,11 @@ def _conv_array(x, w, geom, bias=None):
 def _conv_transpose_array(y, w, geom):
     """Column side (N, O, OH, OW) -> image side (N, C, H, W): weight^T @ y, then col2im."""
     taps = _by_taps(w, geom, w.shape[0])
-    if taps is not None and min(_flipped_padding(geom)[0] + _flipped_padding(geom)[1]) >= 0:
+    if taps is not None:
         # for stride 1 this is a convolution of y with the flipped, transposed weight
-        return taps(y, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], *_flipped_padding(geom), geom.dilation)
+        before, after = _flipped_padding(geom)
+        if min(before + after) >= 0:   # (padding beyond the kernel's reach: im2col below)
+            return taps(y, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], before, after, geom.dilation)
     xp = get_array_module(w)
     n, o = y.shape[:2]
     g = geom.groups
