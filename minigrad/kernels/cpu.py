@@ -25,7 +25,6 @@ cache directory rules), so only a machine's first run compiles (a few seconds pe
 Reductions accumulate in float64, per (n, c) plane, then the planes in a fixed order: the same
 result for any thread count. ``MINIGRAD_CPU_KERNELS=0`` switches all of them off.
 """
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
