@@ -26,7 +26,7 @@ when one element is too big. Results are identical. The budget is per device:
 Fast paths (``minigrad.kernels``, switched off by ``MINIGRAD_CUDA_KERNELS=0`` /
 ``MINIGRAD_CPU_KERNELS=0``): im2col and col2im kernels (one pass over the columns, on
 every core on the CPU). On the CPU each thread takes whole tiles (im2col, product, col2im
-one after the other, ``_spread``), and a stride-1 convolution needs no columns at all: it
+one after the other, ``kernels.spread``), and a stride-1 convolution needs no columns at all: it
 is kh*kw products over shifted views of the padded image (``kernels.cpu.conv2d_taps``; its
 input gradient is the same with the flipped weight). On a GPU the products go through cuBLAS (``kernels.matmul``):
 one strided-batched call per group for all samples of a tile, the weight shared (batch
@@ -163,7 +163,7 @@ def _conv_array(x, w, geom, bias=None):
                 _matmul(w_mat, col, target)
             if bias is not None:   # while the tile is in cache
                 target += bias.reshape(1, g, o // g, 1)
-    _spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w)), like=w, cost=out.size * w_mat.shape[2])
+    kernels.spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w)), like=w, cost=out.size * w_mat.shape[2])
     return out
 
 
@@ -208,7 +208,7 @@ def _conv_transpose_array(y, w, geom):
                 col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
     tiles = _tiles(n, c, geom, w.dtype, _budget(w), _parts(w))
     # the row blocks of one sample overlap in the image: they stay in one share
-    _spread(work, tiles, like=w, keys=[batch.start for batch, *_ in tiles], cost=y.size * w_mat.shape[2])
+    kernels.spread(work, tiles, like=w, keys=[batch.start for batch, *_ in tiles], cost=y.size * w_mat.shape[2])
     return out
 
 
@@ -290,7 +290,7 @@ def _conv_weight_grad(x, gy, geom):
             gy_mat = gy_tile.reshape(samples, g, o // g, -1)
             gw += _matmul(gy_mat, col, None, transpose_b=True).sum(axis=0)   # per sample, then summed
         return gw
-    partials = _spread(work, _tiles(n, c, geom, x.dtype, budget, parts), like=x,
+    partials = kernels.spread(work, _tiles(n, c, geom, x.dtype, budget, parts), like=x,
                        cost=gy.size * shape[2])
     gw = partials[0]
     for partial in partials[1:]:   # in share order: the same sum for the same thread count
@@ -345,21 +345,9 @@ _MAX_PARTIAL_BYTES = 64 * 2 ** 20
 
 
 def _parts(like):
-    """How many shares ``_spread`` runs at once on ``like``'s backend (the CPU kernels: one per thread)."""
+    """How many shares ``kernels.spread`` runs at once on ``like``'s backend (the CPU kernels: one per thread)."""
     count = kernels.get("share_count", like)
     return 1 if count is None else count()
-
-
-def _spread(work, tiles, like, keys=None, cost=None):
-    """``work(tiles)``, or with the CPU kernels ``work`` on each thread's share of the tiles at once.
-
-    Returns the results in order (one per share). On a GPU, and without the kernels, one share:
-    the generic loop. ``keys`` and ``cost``: see ``minigrad.kernels.cpu.run_in_shares``.
-    """
-    fast = kernels.get("run_in_shares", like)
-    if fast is None:
-        return [work(tiles)]
-    return fast(work, tiles, keys, cost)
 
 
 def _matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):

@@ -242,20 +242,15 @@ def _shifted_softmax(x):
 
 
 def _by_samples(fill, like):
-    """A new array shaped like ``like``, ``fill(samples, out)`` writing each share of the samples (axis 0):
-    on the CPU kernels' threads where there are any (``kernels.run_in_shares``), else at once."""
+    """A new array shaped like ``like``, ``fill(samples, out)`` writing each share of the samples (axis 0)
+    at once on the CPU kernels' threads (``kernels.spread``), else all samples in one call."""
     out = get_array_module(like).empty_like(like)
-    n = like.shape[0]
-    spread = kernels.get("run_in_shares", like)
-    if spread is None or n < 2:
-        fill(slice(0, n), out)
-        return out
 
     def share(samples):
-        if samples:
+        if len(samples):
             part = slice(samples[0], samples[-1] + 1)
             fill(part, out[part])
-    spread(share, range(n), None, 16 * like.size)   # ~16 operations per element (exp, max, sum, scale)
+    kernels.spread(share, range(like.shape[0]), like, cost=16 * like.size)   # ~16 operations per element
     return out
 
 

@@ -46,6 +46,17 @@ def get(name, array):
     return getattr(module, name, None)
 
 
+def spread(work, items, like, keys=None, cost=None):
+    """``work(items)``, or where ``like``'s backend has a thread pool (the CPU kernels) ``work`` on each
+    thread's share of the items at once. Returns the results in order, one per share (one share on a
+    GPU and without the kernels: the generic loop). ``keys`` and ``cost``: see
+    ``minigrad.kernels.cpu.run_in_shares``."""
+    fast = get("run_in_shares", like)
+    if fast is None:
+        return [work(items)]
+    return fast(work, items, keys, cost)
+
+
 def enabled(device="cpu"):
     """Whether ``device``'s ('cpu' or 'gpu') fast paths are switched on (for the CPU: and numba is installed)."""
     if not _enabled[device]:
