@@ -476,6 +476,88 @@ def test_stride1_conv_runs_by_taps_and_only_what_is_asked(monkeypatch):
     assert calls and set(calls) == {"im2col"}
 
 
+@st.composite
+def wide_kernel_problems(draw):
+    """Kernels at least four times as wide as the output (cpu.conv2d_windows): FCN-like upsampling and
+    fc-like convolutions, with strides, paddings past the image, dilations and odd sizes."""
+    kh, kw = draw(st.integers(1, 9)), draw(st.integers(4, 17))
+    sh, sw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh)), draw(st.integers(0, kw))
+    oh, ow = draw(st.integers(1, 3)), draw(st.integers(1, max(1, kw // 4)))
+    # an input that gives (oh, ow) for conv2d (the transposed conv's input is the (oh, ow) side)
+    h = max(1, (oh - 1) * sh + dh * (kh - 1) + 1 - 2 * ph)
+    w = max(1, (ow - 1) * sw + dw * (kw - 1) + 1 - 2 * pw)
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 5)), o=draw(st.integers(1, 5)), h=h, w=w,
+                kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), bias=draw(st.booleans()),
+                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
+
+
+@pytest.mark.parametrize("thread_count", [1, 3])
+@settings(max_examples=30, deadline=None)
+@given(p=wide_kernel_problems())
+def test_wide_kernel_conv_by_window_rows_matches_generic(p, thread_count):
+    """conv2d and conv_transpose2d whose kernel is >= 4x the output width (cpu.conv2d_windows and its two
+    gradients, position-major columns) against the generic im2col code: values and all gradients."""
+    rng = np.random.default_rng(p["seed"])
+    dtype = p["dtype"]
+    kwargs = dict(stride=p["stride"], padding=p["padding"], dilation=p["dilation"])
+    x_conv = rng.standard_normal((p["n"], p["c"], p["h"], p["w"])).astype(dtype)
+
+    def run(op, x_data, w_data, b_size):
+        x, w = mg.tensor(x_data, requires_grad=True), mg.tensor(w_data, requires_grad=True)
+        b = mg.tensor(rng.standard_normal(b_size).astype(dtype), requires_grad=True) if p["bias"] else None
+        out = op(x, w, b, **kwargs)
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
+        return [out.numpy(), x.grad.numpy(), w.grad.numpy()] + ([b.grad.numpy()] if b is not None else [])
+    w_conv = rng.standard_normal((p["o"], p["c"]) + p["kernel"]).astype(dtype)
+    out_size = F.conv2d(mg.tensor(x_conv), mg.tensor(w_conv), **kwargs).shape[2:]
+    x_transposed = rng.standard_normal((p["n"], p["o"]) + tuple(out_size)).astype(dtype)
+    cases = [(F.conv2d, x_conv, w_conv, p["o"])]
+    transposed_size = [(size - 1) * s - 2 * pad + d * (k - 1) + 1 for size, s, pad, d, k in zip(
+        out_size, p["stride"], p["padding"], p["dilation"], p["kernel"])]
+    if min(transposed_size) >= 1:
+        cases.append((F.conv_transpose2d, x_transposed, w_conv, p["c"]))
+    previous = (cpu._MIN_PARALLEL, cpu._MIN_PARALLEL_MACS, threads_module._threads)
+    cpu._MIN_PARALLEL, cpu._MIN_PARALLEL_MACS, threads_module._threads = 0, 0, thread_count   # every pass split
+    try:
+        for op, x_data, w_data, b_size in cases:
+            state = rng.bit_generator.state
+            fast = run(op, x_data, w_data, b_size)
+            rng.bit_generator.state = state   # the same bias
+            with kernels.disabled():
+                generic = run(op, x_data, w_data, b_size)
+            for a, b in zip(fast, generic):
+                np.testing.assert_allclose(a, b, **close(dtype))
+    finally:
+        cpu._MIN_PARALLEL, cpu._MIN_PARALLEL_MACS, threads_module._threads = previous
+
+
+def test_wide_kernels_run_by_window_rows_and_only_there(monkeypatch):
+    """FCN-16s's upsampling (32x32 kernel at stride 16 on 4x4 maps): window rows in the forward and both
+    gradients, no im2col/col2im; a kernel under 4x the output width, or groups, keep the im2col path."""
+    from minigrad.functional import conv as conv_module
+    calls = []
+    for module, name in ((cpu, "conv2d_windows"), (cpu, "conv2d_windows_input_grad"),
+                         (cpu, "conv2d_windows_weight_grad"), (conv_module, "im2col"), (conv_module, "col2im")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(0)
+    x = mg.tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
+    w = mg.tensor(rng.standard_normal((3, 3, 32, 32)).astype(np.float32), requires_grad=True)
+    out = F.conv_transpose2d(x, w, stride=16, padding=8)
+    assert out.shape == (2, 3, 64, 64)
+    out.sum().backward()
+    assert calls == ["conv2d_windows_input_grad", "conv2d_windows", "conv2d_windows_weight_grad"]
+    calls.clear()
+    F.conv_transpose2d(mg.tensor(rng.standard_normal((2, 3, 5, 5))), mg.tensor(rng.standard_normal((3, 3, 16, 16))),
+                       stride=8)   # 4 * 5 > 16: im2col/col2im
+    assert calls and set(calls) <= {"im2col", "col2im"}
+    calls.clear()
+    F.conv2d(mg.tensor(rng.standard_normal((1, 4, 9, 9))), mg.tensor(rng.standard_normal((4, 2, 9, 9))), groups=2)
+    assert calls and set(calls) <= {"im2col", "col2im"}
+
+
 def test_set_num_threads_sets_openblas_and_the_kernel_pool():
     from minigrad import threads
     previous = mg.get_num_threads()

@@ -142,6 +142,9 @@ def _conv_array(x, w, geom, bias=None):
     taps = _by_taps(w, geom, w.shape[1])
     if taps is not None:
         return taps(x, w, geom.pad_before, _pad_after(geom), geom.dilation, bias)
+    windows = _by_windows(w, geom, "conv2d_windows")
+    if windows is not None:
+        return windows(x, w, geom.stride, geom.pad_before, geom.dilation, geom.column_size, bias)
     xp = get_array_module(w)
     n, c = x.shape[:2]
     o, g = w.shape[0], geom.groups
@@ -163,7 +166,8 @@ def _conv_array(x, w, geom, bias=None):
                 _matmul(w_mat, col, target)
             if bias is not None:   # while the tile is in cache
                 target += bias.reshape(1, g, o // g, 1)
-    kernels.spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w)), like=w, cost=out.size * w_mat.shape[2])
+    cost = out.size * w_mat.shape[2]
+    kernels.spread(work, _tiles(n, c, geom, w.dtype, _budget(w), _parts(w, cost)), like=w, cost=cost)
     return out
 
 
@@ -175,6 +179,9 @@ def _conv_transpose_array(y, w, geom):
         before, after = _flipped_padding(geom)
         if min(before + after) >= 0:   # (padding beyond the kernel's reach: im2col below)
             return taps(y, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], before, after, geom.dilation)
+    windows = _by_windows(w, geom, "conv2d_windows_input_grad")
+    if windows is not None:
+        return windows(y, w, geom.stride, geom.pad_before, geom.dilation, geom.image_size)
     xp = get_array_module(w)
     n, o = y.shape[:2]
     g = geom.groups
@@ -206,9 +213,10 @@ def _conv_transpose_array(y, w, geom):
                 col2im_wide(col, tile.image_size, tile.pad_before, tile.dilation, out=out[batch, :, window])
             else:
                 col2im(col, tile.image_size, tile.stride, tile.pad_before, tile.dilation, out=out[batch, :, window])
-    tiles = _tiles(n, c, geom, w.dtype, _budget(w), _parts(w))
+    cost = y.size * w_mat.shape[2]
+    tiles = _tiles(n, c, geom, w.dtype, _budget(w), _parts(w, cost))
     # the row blocks of one sample overlap in the image: they stay in one share
-    kernels.spread(work, tiles, like=w, keys=[batch.start for batch, *_ in tiles], cost=y.size * w_mat.shape[2])
+    kernels.spread(work, tiles, like=w, keys=[batch.start for batch, *_ in tiles], cost=cost)
     return out
 
 
@@ -255,6 +263,9 @@ def _conv_weight_grad(x, gy, geom):
     if _by_taps(x, geom, x.shape[1]) is not None:
         return kernels.get("conv2d_taps_weight_grad", x)(x, gy, geom.kernel, geom.pad_before, _pad_after(geom),
                                                           geom.dilation)
+    windows = _by_windows(x, geom, "conv2d_windows_weight_grad")
+    if windows is not None:
+        return windows(x, gy, geom.kernel, geom.stride, geom.pad_before, geom.dilation)
     xp = get_array_module(x)
     device = device_of(x)
     n, c = x.shape[:2]
@@ -268,7 +279,8 @@ def _conv_weight_grad(x, gy, geom):
     # products are long (positions >> output channels) and the partial sums small. Otherwise one
     # share, each product split over the threads by columns. Measured at 2 threads: (8, 32, 64, 64)
     # 32->16 12.2 -> 9.0 ms with shares; (8, 256, 4, 4) 256->256 6.4 -> 8.8 ms (so: not there).
-    parts = _parts(x)
+    cost = gy.size * shape[2]
+    parts = _parts(x, cost)
     if n * geom.column_size[0] * geom.column_size[1] < 8 * parts * o or \
             np.prod(shape) * x.dtype.itemsize > _MAX_PARTIAL_BYTES:
         parts = 1
@@ -290,8 +302,7 @@ def _conv_weight_grad(x, gy, geom):
             gy_mat = gy_tile.reshape(samples, g, o // g, -1)
             gw += _matmul(gy_mat, col, None, transpose_b=True).sum(axis=0)   # per sample, then summed
         return gw
-    partials = kernels.spread(work, _tiles(n, c, geom, x.dtype, budget, parts), like=x,
-                       cost=gy.size * shape[2])
+    partials = kernels.spread(work, _tiles(n, c, geom, x.dtype, budget, parts), like=x, cost=cost)
     gw = partials[0]
     for partial in partials[1:]:   # in share order: the same sum for the same thread count
         gw += partial
@@ -326,6 +337,19 @@ def _by_taps(like, geom, inner):
     return kernels.get("conv2d_taps", like)
 
 
+def _by_windows(like, geom, name):
+    """The CPU's convolution through window rows (``kernels.cpu.conv2d_windows`` and its two gradients,
+    ``name``) where the kernel is at least four times as wide as the output (FCN's upsampling layers:
+    32x32 kernels on 4x4 maps), ungrouped. There the column-major product (C*kh*kw, positions) is long
+    and thin and col2im/im2col read it across; position-major rows keep both contiguous. Measured on
+    FCN-16s's upsampling (8, 21, 4, 4) -> (8, 21, 64, 64), forward + input gradient: 25.1 -> 8.8 ms at
+    two threads (PyTorch 13.9), 12.0 ms at one (PyTorch 27.9); training steps at two threads: FCN-16s
+    0.90x, FCN-32s 0.86x the time (benchmarks/README.md, "Issue 12, third pass")."""
+    if geom.groups != 1 or 4 * geom.column_size[1] > geom.kernel[1]:
+        return None
+    return kernels.get(name, like)
+
+
 def _pad_after(geom):
     """(bottom, right) padding of a stride-1 geometry, from its sizes."""
     return tuple(out + d * (k - 1) - size - before for out, d, k, size, before in
@@ -344,10 +368,11 @@ def _flipped_padding(geom):
 _MAX_PARTIAL_BYTES = 64 * 2 ** 20
 
 
-def _parts(like):
-    """How many shares ``kernels.spread`` runs at once on ``like``'s backend (the CPU kernels: one per thread)."""
+def _parts(like, cost):
+    """How many shares ``kernels.spread`` runs at once on ``like``'s backend for work of ``cost``
+    multiply-adds (the CPU kernels: one per thread, one for small work); the tiles are cut to match."""
     count = kernels.get("share_count", like)
-    return 1 if count is None else count()
+    return 1 if count is None else count(cost)
 
 
 def _matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):

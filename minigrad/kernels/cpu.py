@@ -154,6 +154,54 @@ if AVAILABLE:
                             for ox in range(x_lo, x_hi):
                                 row[_u(ox * sw + shift)] += src[_u(ox)]
 
+    # ------------------------------------------------------------------ window rows (see conv2d_windows)
+    @_jit
+    def _windows_gather(lo, hi, x, rows, sh, sw, pt, pl, dh, dw):
+        """rows (N, OH, OW, C, kh, kw) = every output position's input window, zero outside the image,
+        for the (sample, channel) planes [lo, hi): runs of kw pixels, contiguous on both sides (dw = 1)."""
+        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        oh, ow, kh, kw = rows.shape[1], rows.shape[2], rows.shape[4], rows.shape[5]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for oy in range(oh):
+                for ox in range(ow):
+                    base = ox * sw - pl
+                    k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
+                    for ky in range(kh):
+                        dst = rows[i, oy, ox, ch, ky]
+                        y = oy * sh - pt + ky * dh
+                        if y < 0 or y >= h:
+                            dst[:] = 0
+                            continue
+                        src = x[i, ch, y]
+                        for kx in range(k_lo):
+                            dst[kx] = 0
+                        for kx in range(k_lo, k_hi):
+                            dst[_u(kx)] = src[_u(base + kx * dw)]
+                        for kx in range(k_hi, kw):
+                            dst[kx] = 0
+
+    @_jit
+    def _windows_add(lo, hi, rows, img, sh, sw, pt, pl, dh, dw):
+        """img (N, C, H, W) += every position's window row of rows (N, OH, OW, C, kh, kw), for the
+        (sample, channel) planes [lo, hi) (each plane is one thread's: the overlapping adds never race)."""
+        c, h, w = img.shape[1], img.shape[2], img.shape[3]
+        oh, ow, kh, kw = rows.shape[1], rows.shape[2], rows.shape[4], rows.shape[5]
+        for plane in range(lo, hi):
+            i, ch = plane // c, plane % c
+            for oy in range(oh):
+                for ox in range(ow):
+                    base = ox * sw - pl
+                    k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
+                    for ky in range(kh):
+                        y = oy * sh - pt + ky * dh
+                        if y < 0 or y >= h:
+                            continue
+                        row = img[i, ch, y]
+                        src = rows[i, oy, ox, ch, ky]
+                        for kx in range(k_lo, k_hi):
+                            row[_u(base + kx * dw)] += src[_u(kx)]
+
     # ------------------------------------------------------------------ pooling
     @_jit
     def _max_pool(lo, hi, x, out, index, kh, kw, sh, sw, pt, pl, dh, dw):
@@ -378,9 +426,10 @@ def _run(kernel, count, elements, *args):
             future.result()
 
 
-def share_count():
-    """How many parts ``run_in_shares`` runs at once: the thread count (1 inside a share)."""
-    return _threads()
+def share_count(cost=None):
+    """How many parts ``run_in_shares`` runs at once for work of ``cost`` multiply-adds: the thread
+    count (1 inside a share, and for work under ``_MIN_PARALLEL_MACS``, which runs as one part)."""
+    return 1 if cost is not None and cost < _MIN_PARALLEL_MACS else _threads()
 
 
 def run_in_shares(work, items, keys=None, cost=None):
@@ -867,6 +916,70 @@ def conv2d_taps_weight_grad(x, gy, kernel, pad_before, pad_after, dilation):
     for partial in partials[1:]:
         grad += partial
     return np.ascontiguousarray(grad.reshape(tuple(kernel) + (o, c)).transpose(2, 3, 0, 1))
+
+
+# ---------------------------------------------------------------------- big kernels on tiny maps
+# Where the kernel is at least four times as wide as the output (FCN's learned upsampling: FCN-16s's
+# 32x32 kernel at stride 16 on 4x4 maps, FCN-32s's 64x64; DeconvNet's 7x7 deconv-fc6 on 1x1), the
+# columns are laid out by position: one row of C*kh*kw per output position, (positions, C*kh*kw). The
+# products then have the long C*kh*kw side as their columns, and the windows go to and from the image in
+# runs of kw pixels with no transposing copy of the columns. Measured on FCN-16s's upsampling, one
+# thread: the product (128, 21) @ (21, 21504) 4.0 ms against 12.3 ms for the column-major (21504, 21) @
+# (21, 128), and no 11 ms transposing copy before col2im.
+
+def _scratch(shape, dtype):
+    """The convolutions' per-thread column workspace (``functional.conv._workspace``), valid until the next
+    tile: reused, so the window rows (11 MB for FCN-16s's upsampling) are not page-faulted in afresh at
+    every call (measured in a training step: 13.7 ms a call with a new array, 4.0 ms in the workspace)."""
+    from ..functional.conv import _workspace   # functional imports kernels: resolved at call time
+    return _workspace(np.empty(0, dtype), shape)
+
+
+def _window_rows(x, kernel, stride, pad_before, dilation, out_size):
+    """(N*OH*OW, C*kh*kw), in the workspace: row p is output position p's input window (zero outside the image)."""
+    n, c = x.shape[:2]
+    rows = _scratch((n,) + tuple(out_size) + (c,) + tuple(kernel), x.dtype)
+    if rows.size:
+        _run(_windows_gather, n * c, rows.size, _c(x), rows, *_int(*stride, *pad_before, *dilation))
+    return rows.reshape(n * out_size[0] * out_size[1], -1)
+
+
+def _position_rows(y):
+    """(N, O, OH, OW) -> (N*OH*OW, O): one row per position."""
+    return np.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(-1, y.shape[1])
+
+
+def conv2d_windows(x, w, stride, pad_before, dilation, out_size, bias=None):
+    """Ungrouped ``conv2d`` of (N, C, H, W) by (O, C, kh, kw) into ``out_size`` (OH, OW) through window
+    rows: (positions, C*kh*kw) @ weight^T, one row of O per position."""
+    n, o = x.shape[0], w.shape[0]
+    rows = _window_rows(x, w.shape[2:], stride, pad_before, dilation, out_size)
+    product = matmul(rows, _c(w, x.dtype).reshape(o, -1), np.empty((rows.shape[0], o), x.dtype), transpose_b=True)
+    by_position = product.reshape((n,) + tuple(out_size) + (o,)).transpose(0, 3, 1, 2)
+    if bias is None:
+        return np.ascontiguousarray(by_position)
+    return np.add(by_position, bias.reshape(1, o, 1, 1).astype(x.dtype, copy=False))
+
+
+def conv2d_windows_input_grad(gy, w, stride, pad_before, dilation, image_size):
+    """d<conv2d_windows(x, W), gy>/dx, (N, C, H, W) of ``image_size``: each position's window row
+    gy_p @ W (C*kh*kw), added into the image (``conv_transpose2d``'s forward)."""
+    n, o, oh, ow = gy.shape
+    c, kh, kw = w.shape[1:]
+    rows = matmul(_position_rows(gy), _c(w, gy.dtype).reshape(o, -1), _scratch((n * oh * ow, c * kh * kw), gy.dtype))
+    img = np.zeros((n, c) + tuple(image_size), dtype=gy.dtype)
+    if rows.size:
+        _run(_windows_add, n * c, rows.size, rows.reshape(n, oh, ow, c, kh, kw), img,
+             *_int(*stride, *pad_before, *dilation))
+    return img
+
+
+def conv2d_windows_weight_grad(x, gy, kernel, stride, pad_before, dilation):
+    """d<conv2d_windows(x, W), gy>/dW, (O, C, kh, kw): gy's position rows^T @ the window rows."""
+    o = gy.shape[1]
+    rows = _window_rows(x, kernel, stride, pad_before, dilation, gy.shape[2:])
+    grad = matmul(_position_rows(gy), rows, np.empty((o, rows.shape[1]), x.dtype), transpose_a=True)
+    return grad.reshape((o, x.shape[1]) + tuple(kernel))
 
 
 if not _GEMM:   # no BLAS to call from compiled code: kernels.get finds nothing, im2col runs
