@@ -90,6 +90,27 @@ def test_compiled_build_is_the_generic_build(d):
     assert np.all(np.diff(first) > 0)
 
 
+@pytest.mark.parametrize("d", [2, 5])
+def test_vertex_numbering_with_and_without_the_packed_sort(d, monkeypatch):
+    """The generic build numbers the vertices with one sort of (code, position) pairs packed in
+    an int64, or a stable argsort where they would not fit: the same lattice either way, the
+    vertices in first-touch order, and each axis' two neighbour tables inverse to each other."""
+    rng = np.random.default_rng(10 + d)
+    features = np.concatenate([rng.normal(0, 3, (1500, d)), rng.normal(0, 3, (10, d)).repeat(30, axis=0)])
+    packed = PermutohedralLattice(features, compiled=False)
+    monkeypatch.setattr(crf, "PACKED_SORT_BITS", 8)  # no code fits: the argsort path
+    argsorted = PermutohedralLattice(features, compiled=False)
+    for name in ("keys", "index", "weights", "minus", "plus"):
+        np.testing.assert_array_equal(getattr(argsorted, name), getattr(packed, name), err_msg=name)
+    assert np.all(np.diff(packed.keys) > 0) and packed.m < packed.n * (d + 1)
+    _, first = np.unique(packed.index.reshape(-1), return_index=True)
+    assert np.all(np.diff(first) > 0)
+    for minus, plus in zip(packed.minus, packed.plus):
+        present = minus < packed.m
+        assert present.any()
+        np.testing.assert_array_equal(plus[minus[present]], np.arange(packed.m)[present])
+
+
 def test_compiled_dense_crf_matches_the_generic_one():
     _numba()
     image, probabilities = random_case(np.random.default_rng(3), 45, 70, 5)
