@@ -317,6 +317,34 @@ def test_blas_product_reads_any_blas_layout_and_refuses_the_rest(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_matmul_split_in_compiled_shares_matches_numpy(dtype, monkeypatch):
+    """cpu.matmul's shares as compiled BLAS calls (``_gemm_share``, no GIL) against numpy.matmul on 3
+    threads: batches, broadcast operands, transposed and column-major operands, accumulation; batch axes
+    that do not flatten to one step (a broadcast axis between two real ones) take the Python shares."""
+    if not cpu._GEMM:
+        pytest.skip("no cblas_?gemm found in NumPy's BLAS")
+    monkeypatch.setattr(cpu, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(cpu, "_MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(threads_module, "_threads", 3)
+    rng = np.random.default_rng(5)
+    planned = 0
+    for lead_a, lead_b in [((), ()), ((4,), (4,)), ((4,), ()), ((), (5,)), ((2, 3), (2, 3)), ((2, 1), (1, 3))]:
+        for ta, tb, acc in [(False, False, False), (True, False, True), (False, True, False), (True, True, True)]:
+            m, k, n = 7, 6, 5
+            a = rng.standard_normal(lead_a + ((k, m) if ta else (m, k))).astype(dtype)
+            b = rng.standard_normal(lead_b + ((n, k) if tb else (k, n))).astype(dtype)
+            if not lead_a and ta:
+                a = np.asfortranarray(a)   # column-major storage: BLAS reads it with the other flag
+            out = rng.standard_normal(np.broadcast_shapes(lead_a, lead_b) + (m, n)).astype(dtype)
+            expected = np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+            expected = expected + (out if acc else 0)
+            planned += cpu._gemm_plan(a, b, out, ta, tb, acc) is not None
+            cpu.matmul(a, b, out, ta, tb, acc)
+            np.testing.assert_allclose(out, expected, **close(dtype))
+    assert planned == 20   # all but the (2, 1) x (1, 3) broadcast batches
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((4, 5, 7), (7, 9)), ((2, 1, 5, 7), (3, 7, 2)),
                                     ((6, 7), (2, 7, 4))], ids=str)
 def test_matmul_op_matches_generic(threads, dtype, shapes):

@@ -154,6 +154,28 @@ if AVAILABLE:
                             for ox in range(x_lo, x_hi):
                                 row[_u(ox * sw + shift)] += src[_u(ox)]
 
+    @_jit
+    def _gemm_share(lo, hi, axis, gemm, trans_a, trans_b, m, n, k, alpha, a, lda, a_step, b, ldb, b_step, beta, c,
+                    ldc, c_step, batch, item):
+        """Part [lo, hi) of a strided batch of products C_i = op(A_i) @ op(B_i) (+ C_i if beta is 1), i < batch,
+        by cblas_?gemm without the GIL: whole products (axis 0), rows of every C_i (1) or columns (2).
+        Addresses and batch steps (in elements) are int64; the flags are BLAS's, each matrix row-major."""
+        if axis == 0:
+            for i in range(lo, hi):
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a + i * a_step * item, lda,
+                      b + i * b_step * item, ldb, beta, c + i * c_step * item, ldc)
+            return
+        for i in range(batch):
+            a_i, b_i, c_i = a + i * a_step * item, b + i * b_step * item, c + i * c_step * item
+            if axis == 1:   # rows lo..hi of op(A): rows of A, or its columns when BLAS reads it transposed
+                first = lo * lda if trans_a == _NO_TRANS else lo
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, hi - lo, n, k, alpha, a_i + first * item, lda, b_i, ldb,
+                      beta, c_i + lo * ldc * item, ldc)
+            else:           # columns lo..hi of op(B)
+                first = lo if trans_b == _NO_TRANS else lo * ldb
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, hi - lo, k, alpha, a_i, lda, b_i + first * item, ldb,
+                      beta, c_i + lo * item, ldc)
+
     # ------------------------------------------------------------------ window rows (see conv2d_windows)
     @_jit
     def _windows_gather(lo, hi, x, rows, sh, sw, pt, pl, dh, dw):
@@ -726,6 +748,50 @@ def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
     return True
 
 
+def _batch_step(array, lead):
+    """The one step (in bytes) between consecutive matrices of ``array`` over its flattened batch axes
+    ``lead``, or None where the batch axes do not flatten to one step (a broadcast axis in the middle)."""
+    step = None
+    for size, stride in zip(reversed(lead), reversed(array.strides[:len(lead)])):
+        if size == 1:
+            continue
+        if step is None:
+            step, span = stride, size
+        elif stride != step * span:
+            return None
+        else:
+            span *= size
+    return 0 if step is None else step
+
+
+def _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate):
+    """The arguments of ``_gemm_share`` after (lo, hi, axis) for out = op(a) @ op(b) (+ out): one strided
+    batch of BLAS calls, made without the GIL; None where there is no compiled BLAS call, a layout BLAS
+    cannot read, or batch axes that do not flatten (``matmul`` then splits through ``_product``)."""
+    gemm = _GEMM.get(np.dtype(out.dtype))
+    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or min(a.ndim, b.ndim, out.ndim) < 2:
+        return None
+    lead = out.shape[:-2]
+    m, n = out.shape[-2:]
+    k = a.shape[-2] if transpose_a else a.shape[-1]
+    if out.size == 0 or k == 0:
+        return None
+    a_all, b_all = np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:])
+    steps = [_batch_step(array, lead) for array in (a_all, b_all, out)]
+    first = (0,) * len(lead)
+    layouts = [_blas_matrix(array[first]) for array in (a_all, b_all, out)]
+    item = out.itemsize
+    if None in steps or None in layouts or layouts[2][0] or any(step % item for step in steps):
+        return None
+    (stored_a, lda), (stored_b, ldb), (_, ldc) = layouts
+    return (gemm, _TRANS if transpose_a != stored_a else _NO_TRANS, _TRANS if transpose_b != stored_b else _NO_TRANS,
+            np.int64(m), np.int64(n), np.int64(k), out.dtype.type(1),
+            np.int64(a_all.ctypes.data), np.int64(lda), np.int64(steps[0] // item),
+            np.int64(b_all.ctypes.data), np.int64(ldb), np.int64(steps[1] // item),
+            out.dtype.type(1 if accumulate else 0), np.int64(out.ctypes.data), np.int64(ldc),
+            np.int64(steps[2] // item), np.int64(out.size // (m * n)), np.int64(item))
+
+
 def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
     """The product for output entries [lo, hi) along ``axis``: a batch axis, the rows (-2) or the columns (-1)."""
     part = slice(lo, hi)
@@ -763,6 +829,10 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
         axis, count = -2, out.shape[-2]
     else:
         axis, count = -1, out.shape[-1]
+    plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
+    if plan is not None:   # each share one compiled call: a pooled thread takes the GIL once, not per product
+        _run(_gemm_share, count, max(out.size * k, _MIN_PARALLEL), np.int64(axis % 3), *plan)
+        return out
     _run(_share_runner, count, max(out.size * k, _MIN_PARALLEL), a, b, out, transpose_a, transpose_b, accumulate,
          axis)
     return out
