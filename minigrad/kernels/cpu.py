@@ -725,6 +725,10 @@ def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
     k = a.shape[-2] if transpose_a else a.shape[-1]
     if out.size and out.size // (m * n) > 8 and m * n * k < 1 << 16:
         return False   # many small products (adaptive pooling's bin matrices): numpy.matmul loops in C
+    plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
+    if plan is not None:   # every slice in one compiled call: the GIL is released once, not per slice
+        _gemm_share(0, plan[-2], np.int64(0), *plan)
+        return True
     a_all = np.broadcast_to(a, lead + a.shape[-2:])
     b_all = np.broadcast_to(b, lead + b.shape[-2:])
     if out.size == 0:
