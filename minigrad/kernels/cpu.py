@@ -286,9 +286,12 @@ if AVAILABLE:
 
     @_jit
     def _scatter(lo, hi, values, switches, out, accumulate):
+        """Each plane of ``out`` zeroed, then the plane's values stored (added) at their switches: the
+        zeroing on every thread, each plane still in cache for its stores."""
         planes, length = values.shape
         for p in range(lo, hi):
             dst = out[p]
+            dst[:] = 0
             for k in range(length):
                 if accumulate:
                     dst[switches[p, k]] += values[p, k]
@@ -592,8 +595,10 @@ def scatter_to_planes(values, switches, plane_size, accumulate):
     """(N, C, ...) values into zeroed (N, C, H, W) planes at their switches (added if ``accumulate``,
     else the last value sharing a switch kept, as the generic fancy-index store)."""
     n, c = values.shape[:2]
-    out = np.zeros((n, c) + tuple(plane_size), dtype=values.dtype)
-    if values.size:
+    out = np.empty((n, c) + tuple(plane_size), dtype=values.dtype)   # zeroed plane by plane in _scatter
+    if not values.size:
+        out[...] = 0
+    else:
         _run(_scatter, n * c, out.size, _planes(values), _planes(switches, np.int64), out.reshape(n * c, -1),
              bool(accumulate))
     return out
