@@ -75,7 +75,7 @@ def _numba():
 
 @pytest.mark.parametrize("d", [2, 5])
 def test_compiled_build_is_the_generic_build(d):
-    """numba's hash table numbers the vertices as the sort + first-touch renumbering does."""
+    """numba's hash table numbers the vertices as the generic build's packed sort does (first touch)."""
     _numba()
     rng = np.random.default_rng(d)
     features = np.concatenate([rng.normal(0, 3, (2000, d)), rng.normal(0, 3, (10, d)).repeat(30, axis=0)])
