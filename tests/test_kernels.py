@@ -586,6 +586,28 @@ def test_wide_kernels_run_by_window_rows_and_only_there(monkeypatch):
     assert calls and set(calls) <= {"im2col", "col2im"}
 
 
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_cat_split_over_the_samples_matches_generic(threads, dim):
+    """cat along a non-batch axis copies each thread's samples (kernels.spread); the same values and
+    dtype promotion as numpy.concatenate, and the gradients routed back."""
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((5, 2, 3, 4)).astype(np.float32), rng.standard_normal((5, 2, 3, 4)),
+             rng.standard_normal((5, 2, 3, 4)).astype(np.float32)]
+    axis = dim % 4
+    parts[1] = np.repeat(parts[1], 2, axis=axis)   # a different size along dim
+
+    def run():
+        ts = [mg.tensor(p, requires_grad=True) for p in parts]
+        out = F.cat(ts, dim)
+        out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape)))
+        return [out.numpy()] + [t.grad.numpy() for t in ts]
+    fast, generic = both(run)
+    np.testing.assert_array_equal(fast[0], np.concatenate(parts, axis=axis))
+    assert fast[0].dtype == np.float64
+    for a, b in zip(fast, generic):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_set_num_threads_sets_openblas_and_the_kernel_pool():
     from minigrad import threads
     previous = mg.get_num_threads()
