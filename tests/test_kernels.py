@@ -189,6 +189,32 @@ def test_batch_norm_matches_generic(threads, dtype, shape, training):
                                    atol=1e-4 if dtype == np.float32 else 1e-10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("offset", [0.0, -3e3, 1e5])
+def test_channel_moments_match_the_two_pass_mean_and_variance(threads, dtype, offset):
+    """Batch norm's one-pass statistics (cpu.channel_moments: shifted float64 sums) against the
+    float64 two-pass mean and variance, also for means far from zero relative to the spread (the
+    case a plain sum-of-squares formula gets wrong), and batch_norm's running stats against the
+    generic code's."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 5, 6, 7)) * 0.5 + offset + np.arange(5)[None, :, None, None]).astype(dtype)
+    mean, var = cpu.channel_moments(x)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=(0, 2, 3)), rtol=1e-6 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(var, exact.var(axis=(0, 2, 3)), rtol=1e-5 if dtype == np.float32 else 1e-11)
+    assert mean.dtype == var.dtype == dtype
+
+    def run():
+        rm, rv = mg.tensor(np.zeros(5, dtype)), mg.tensor(np.ones(5, dtype))
+        out = F.batch_norm(mg.tensor(x), rm, rv, training=True)
+        return out.numpy(), rm.numpy(), rv.numpy()
+    if dtype == np.float32 and offset:
+        return   # the generic float32 sum of values near 1e5 is itself off by ~1e-2 of the spread
+    tol = 1e-5 if dtype == np.float32 else 1e-11 + 1e-14 * abs(offset)   # the input's own rounding, over its spread
+    for a, b in zip(*both(run)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 def test_channel_sums_do_not_depend_on_the_thread_count(monkeypatch):
     monkeypatch.setattr(cpu, "_MIN_PARALLEL", 0)
     a = np.random.default_rng(4).standard_normal((5, 3, 77)).astype(np.float32)

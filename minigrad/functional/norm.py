@@ -59,9 +59,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if training:
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
-        fast = kernels.get("channel_sums", x)
-        mean = (fast(x)[0] if fast is not None else x.sum(axis=(0,) + tuple(range(2, x.ndim)))) / count
-        var = channel_sums(x, None, mean)[1] / count  # biased; two passes for accuracy
+        moments = kernels.get("channel_moments", x)   # the CPU kernels: one pass (shifted sums in float64)
+        if moments is not None:
+            mean, var = moments(x)
+        else:
+            fast = kernels.get("channel_sums", x)
+            mean = (fast(x)[0] if fast is not None else x.sum(axis=(0,) + tuple(range(2, x.ndim)))) / count
+            var = channel_sums(x, None, mean)[1] / count  # biased; two passes for accuracy
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:

@@ -639,6 +639,22 @@ def channel_sums(a, b=None, shift_a=None, shift_b=None):
     return partial_a.sum(axis=0).astype(a.dtype), partial_ab.sum(axis=0).astype(a.dtype)
 
 
+def channel_moments(x):
+    """Per channel (axis 1): (mean, biased variance) of x over every other axis in one pass: float64 sums
+    of x - s and (x - s)^2 with s the channel's first element (the shifted-data formula: a mean far from
+    zero costs no digits, as s lies within the data), combined in float64 and returned in x's dtype.
+    (The generic code, ``functional.norm``, takes two passes: the mean, then the centred squares.)"""
+    n, c = x.shape[:2]
+    a3 = _channels(x)
+    shift = np.ascontiguousarray(a3[0, :, 0])
+    partial_a, partial_aa = np.zeros((n, c)), np.zeros((n, c))
+    _run(_channel_sums, n * c, x.size, a3, a3, shift, shift, partial_a, partial_aa)
+    count = x.size // c
+    centred = partial_a.sum(axis=0) / count
+    variance = np.maximum(partial_aa.sum(axis=0) / count - centred * centred, 0.0)
+    return (shift + centred).astype(x.dtype), variance.astype(x.dtype)
+
+
 def channel_affine(x, mean, scale, shift):
     """(x - mean[c]) * scale[c] + shift[c] over (N, C, ...)."""
     n, c = x.shape[:2]
