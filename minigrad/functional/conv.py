@@ -139,7 +139,7 @@ def _bias_grad(g, bias):
 # ---------------------------------------------------------------------------- the array kernels
 def _conv_array(x, w, geom, bias=None):
     """Image side (N, C, H, W) -> column side (N, O, OH, OW): im2col, then one product per group (+ bias)."""
-    taps = _by_taps(w, geom, w.shape[1])
+    taps = _by_taps(w, geom, w.shape[1], w.shape[0])
     if taps is not None:
         return taps(x, w, geom.pad_before, _pad_after(geom), geom.dilation, bias)
     windows = _by_windows(w, geom, "conv2d_windows")
@@ -173,7 +173,7 @@ def _conv_array(x, w, geom, bias=None):
 
 def _conv_transpose_array(y, w, geom):
     """Column side (N, O, OH, OW) -> image side (N, C, H, W): weight^T @ y, then col2im."""
-    taps = _by_taps(w, geom, w.shape[0])
+    taps = _by_taps(w, geom, w.shape[0], w.shape[0])
     if taps is not None:
         # for stride 1 this is a convolution of y with the flipped, transposed weight
         before, after = _flipped_padding(geom)
@@ -260,7 +260,7 @@ def _conv_weight_grad(x, gy, geom):
     took 88 ms in 14-row tiles of one sample, 45 ms in one tile (one product of the same
     FLOPs: 30 ms).
     """
-    if _by_taps(x, geom, x.shape[1]) is not None:
+    if _by_taps(x, geom, x.shape[1], gy.shape[1]) is not None:
         return kernels.get("conv2d_taps_weight_grad", x)(x, gy, geom.kernel, geom.pad_before, _pad_after(geom),
                                                           geom.dilation)
     windows = _by_windows(x, geom, "conv2d_windows_weight_grad")
@@ -316,7 +316,7 @@ def _fold_batch(samples, channels_per_group, tile):
     return samples > 1 and channels_per_group > tile.column_size[0] * tile.column_size[1]
 
 
-def _by_taps(like, geom, inner):
+def _by_taps(like, geom, inner, outputs):
     """The CPU's stride-1 convolution without columns (``kernels.cpu.conv2d_taps``), where it pays.
 
     Its products run over each sample's padded plane, (OH + dilation*(kh-1) + 1) rows of
@@ -328,11 +328,20 @@ def _by_taps(like, geom, inner):
     does a few multiply-adds per output it reads and writes (VGG conv1_1, 3 -> 64 channels at
     128x128, 2 threads: 3.3x PyTorch's time by taps). Measured where it pays, one thread:
     (8, 64, 8, 8) 64->128 10.6 -> 7.2 ms, (8, 128, 16, 16) 128->64 33.4 -> 22.4 ms.
+
+    The padded plane's extra positions cost products in proportion to ``outputs`` (the output
+    channels of the forward convolution), while im2col's copy per multiply-add shrinks as
+    1/outputs: so not where (padded plane / output - 1) * outputs > 128. Measured at 2 threads,
+    forward + both gradients, im2col / taps: (2, 512, 8, 8) 512->512 (0.72 * 512) 24.7 / 53.0 ms,
+    (2, 512, 16, 16) (0.34 * 512) 82.6 / 94.1 ms; kept by taps: (8, 256, 8, 8) 256->128 (0.72 *
+    128) 17.0 / 14.9 ms, (2, 256, 32, 32) 256->256 (0.16 * 256) 88.1 / 76.9 ms, (8, 32, 32, 32)
+    32->32 13.3 / 7.1 ms.
     """
     if geom.stride != (1, 1) or geom.groups != 1 or geom.kernel == (1, 1) or inner < 16:
         return None
     (oh, ow), (dh, dw), (kh, kw) = geom.column_size, geom.dilation, geom.kernel
-    if 2 * (oh + dh * (kh - 1) + 1) * (ow + dw * (kw - 1)) > 5 * oh * ow:
+    padded = (oh + dh * (kh - 1) + 1) * (ow + dw * (kw - 1))
+    if 2 * padded > 5 * oh * ow or (padded - oh * ow) * outputs > 128 * oh * ow:
         return None
     return kernels.get("conv2d_taps", like)
 
