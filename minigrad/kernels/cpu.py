@@ -727,10 +727,15 @@ def _product(a, b, out, transpose_a, transpose_b, accumulate):
 
 def _blas_matrix(m):
     """(stored transposed, leading dimension) of a 2-D array BLAS can read in place, else None."""
-    (s0, s1), item = m.strides, m.itemsize
-    if s1 == item and s0 % item == 0 and s0 // item >= max(1, m.shape[1]):
+    return _blas_layout(m.shape[-2:], m.strides[-2:], m.itemsize)
+
+
+def _blas_layout(shape, strides, item):
+    """``_blas_matrix`` of the last two axes (``shape``, ``strides``) of any array."""
+    (s0, s1) = strides
+    if s1 == item and s0 % item == 0 and s0 // item >= max(1, shape[1]):
         return False, s0 // item
-    if s0 == item and s1 % item == 0 and s1 // item >= max(1, m.shape[0]):
+    if s0 == item and s1 % item == 0 and s1 // item >= max(1, shape[0]):
         return True, s1 // item   # column-major: the transpose of a row-major matrix
     return None
 
@@ -748,7 +753,7 @@ def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
         return False   # many small products (adaptive pooling's bin matrices): numpy.matmul loops in C
     plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
     if plan is not None:   # every slice in one compiled call: the GIL is released once, not per slice
-        _gemm_share(0, plan[-2], np.int64(0), *plan)
+        _gemm_share(0, plan[-2], 0, *plan)
         return True
     a_all = np.broadcast_to(a, lead + a.shape[-2:])
     b_all = np.broadcast_to(b, lead + b.shape[-2:])
@@ -801,20 +806,18 @@ def _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate):
     k = a.shape[-2] if transpose_a else a.shape[-1]
     if out.size == 0 or k == 0:
         return None
-    a_all, b_all = np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:])
-    steps = [_batch_step(array, lead) for array in (a_all, b_all, out)]
-    first = (0,) * len(lead)
-    layouts = [_blas_matrix(array[first]) for array in (a_all, b_all, out)]
+    a_all = a if a.shape[:-2] == lead else np.broadcast_to(a, lead + a.shape[-2:])
+    b_all = b if b.shape[:-2] == lead else np.broadcast_to(b, lead + b.shape[-2:])
     item = out.itemsize
+    steps = [_batch_step(array, lead) for array in (a_all, b_all, out)]
+    layouts = [_blas_layout(array.shape[-2:], array.strides[-2:], item) for array in (a_all, b_all, out)]
     if None in steps or None in layouts or layouts[2][0] or any(step % item for step in steps):
         return None
     (stored_a, lda), (stored_b, ldb), (_, ldc) = layouts
+    one = out.dtype.type(1)   # (plain ints: numba types them int64, as the BLAS call wants)
     return (gemm, _TRANS if transpose_a != stored_a else _NO_TRANS, _TRANS if transpose_b != stored_b else _NO_TRANS,
-            np.int64(m), np.int64(n), np.int64(k), out.dtype.type(1),
-            np.int64(a_all.ctypes.data), np.int64(lda), np.int64(steps[0] // item),
-            np.int64(b_all.ctypes.data), np.int64(ldb), np.int64(steps[1] // item),
-            out.dtype.type(1 if accumulate else 0), np.int64(out.ctypes.data), np.int64(ldc),
-            np.int64(steps[2] // item), np.int64(out.size // (m * n)), np.int64(item))
+            m, n, k, one, a_all.ctypes.data, lda, steps[0] // item, b_all.ctypes.data, ldb, steps[1] // item,
+            one if accumulate else out.dtype.type(0), out.ctypes.data, ldc, steps[2] // item, out.size // (m * n), item)
 
 
 def _product_share(lo, hi, a, b, out, transpose_a, transpose_b, accumulate, axis):
@@ -856,7 +859,7 @@ def matmul(a, b, out, transpose_a=False, transpose_b=False, accumulate=False):
         axis, count = -1, out.shape[-1]
     plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
     if plan is not None:   # each share one compiled call: a pooled thread takes the GIL once, not per product
-        _run(_gemm_share, count, max(out.size * k, _MIN_PARALLEL), np.int64(axis % 3), *plan)
+        _run(_gemm_share, count, max(out.size * k, _MIN_PARALLEL), axis % 3, *plan)
         return out
     _run(_share_runner, count, max(out.size * k, _MIN_PARALLEL), a, b, out, transpose_a, transpose_b, accumulate,
          axis)
