@@ -6,9 +6,12 @@ im2col (also batch-folded), col2im, max_pool2d, scatter_to_planes / gather_from_
 max-pool gradient and unpooling), batch norm's channel_sums / channel_affine /
 batch_norm_input_grad, relu / relu_grad, sgd_update, and the matrix products ``matmul``
 (the convolutions' grouped forms) and ``batched_matmul`` (``minigrad.matmul``, ``linear``),
-split over the pool as single-threaded OpenBLAS calls. CPU only: ``run_in_shares`` (each
-thread runs whole convolution tiles) and ``conv2d_taps`` / ``conv2d_taps_weight_grad``
-(stride-1 convolution as shifted products, without a column array). (No cross-entropy kernel: one that
+split over the pool as single-threaded OpenBLAS calls (each share one compiled call,
+``_gemm_share``). CPU only: ``run_in_shares`` (each thread runs whole convolution tiles),
+``conv2d_taps`` / ``conv2d_taps_weight_grad`` (stride-1 convolution as shifted products,
+without a column array), ``conv2d_windows`` and its two gradients (kernels at least four times
+the output's width, as FCN's upsampling: position-major columns) and ``channel_moments`` (batch
+norm's mean and variance in one pass). (No cross-entropy kernel: one that
 looped over the classes per pixel, as the CUDA kernel does, took 2.4x the CPU time of the
 generic NumPy code, whose exp runs on SIMD units; see benchmarks/README.md.)
 
