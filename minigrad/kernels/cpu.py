@@ -157,28 +157,6 @@ if AVAILABLE:
                             for ox in range(x_lo, x_hi):
                                 row[_u(ox * sw + shift)] += src[_u(ox)]
 
-    @_jit
-    def _gemm_share(lo, hi, axis, gemm, trans_a, trans_b, m, n, k, alpha, a, lda, a_step, b, ldb, b_step, beta, c,
-                    ldc, c_step, batch, item):
-        """Part [lo, hi) of a strided batch of products C_i = op(A_i) @ op(B_i) (+ C_i if beta is 1), i < batch,
-        by cblas_?gemm without the GIL: whole products (axis 0), rows of every C_i (1) or columns (2).
-        Addresses and batch steps (in elements) are int64; the flags are BLAS's, each matrix row-major."""
-        if axis == 0:
-            for i in range(lo, hi):
-                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a + i * a_step * item, lda,
-                      b + i * b_step * item, ldb, beta, c + i * c_step * item, ldc)
-            return
-        for i in range(batch):
-            a_i, b_i, c_i = a + i * a_step * item, b + i * b_step * item, c + i * c_step * item
-            if axis == 1:   # rows lo..hi of op(A): rows of A, or its columns when BLAS reads it transposed
-                first = lo * lda if trans_a == _NO_TRANS else lo
-                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, hi - lo, n, k, alpha, a_i + first * item, lda, b_i, ldb,
-                      beta, c_i + lo * ldc * item, ldc)
-            else:           # columns lo..hi of op(B)
-                first = lo if trans_b == _NO_TRANS else lo * ldb
-                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, hi - lo, k, alpha, a_i, lda, b_i + first * item, ldb,
-                      beta, c_i + lo * item, ldc)
-
     # ------------------------------------------------------------------ window rows (see conv2d_windows)
     @_jit
     def _windows_gather(lo, hi, x, rows, sh, sw, pt, pl, dh, dw):
@@ -413,6 +391,29 @@ if AVAILABLE:
                 _gemm(gemm, _ROW_MAJOR, _NO_TRANS, _NO_TRANS, np.int64(o), np.int64(positions), np.int64(c), one,
                       np.int64(taps[t].ctypes.data), np.int64(c), view, np.int64(stride),
                       zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(wide_stride))
+
+    @_jit
+    def _gemm_share(lo, hi, axis, gemm, trans_a, trans_b, m, n, k, alpha, a, lda, a_step, b, ldb, b_step, beta, c,
+                    ldc, c_step, batch, item):
+        """Part [lo, hi) of a strided batch of products C_i = op(A_i) @ op(B_i) (+ C_i if beta is 1), i < batch,
+        by cblas_?gemm without the GIL: whole products (axis 0), rows of every C_i (1) or columns (2).
+        Addresses and batch steps (in elements) are int64; the flags are BLAS's, each matrix row-major."""
+        if axis == 0:
+            for i in range(lo, hi):
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a + i * a_step * item, lda,
+                      b + i * b_step * item, ldb, beta, c + i * c_step * item, ldc)
+            return
+        for i in range(batch):
+            a_i, b_i, c_i = a + i * a_step * item, b + i * b_step * item, c + i * c_step * item
+            if axis == 1:   # rows lo..hi of op(A): rows of A, or its columns when BLAS reads it transposed
+                first = lo * lda if trans_a == _NO_TRANS else lo
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, hi - lo, n, k, alpha, a_i + first * item, lda, b_i, ldb,
+                      beta, c_i + lo * ldc * item, ldc)
+            else:           # columns lo..hi of op(B)
+                first = lo if trans_b == _NO_TRANS else lo * ldb
+                _gemm(gemm, _ROW_MAJOR, trans_a, trans_b, m, hi - lo, k, alpha, a_i, lda, b_i + first * item, ldb,
+                      beta, c_i + lo * item, ldc)
+
 
 # ---------------------------------------------------------------------- the thread pool
 _pool = None
