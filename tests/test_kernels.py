@@ -542,9 +542,10 @@ def wide_kernel_problems(draw):
     # an input that gives (oh, ow) for conv2d (the transposed conv's input is the (oh, ow) side)
     h = max(1, (oh - 1) * sh + dh * (kh - 1) + 1 - 2 * ph)
     w = max(1, (ow - 1) * sw + dw * (kw - 1) + 1 - 2 * pw)
+    output_padding = (draw(st.integers(0, max(sh, dh) - 1)), draw(st.integers(0, max(sw, dw) - 1)))
     return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 5)), o=draw(st.integers(1, 5)), h=h, w=w,
                 kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), bias=draw(st.booleans()),
-                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
+                output_padding=output_padding, dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
 
 
 @pytest.mark.parametrize("thread_count", [1, 3])
@@ -561,15 +562,16 @@ def test_wide_kernel_conv_by_window_rows_matches_generic(p, thread_count):
     def run(op, x_data, w_data, b_size):
         x, w = mg.tensor(x_data, requires_grad=True), mg.tensor(w_data, requires_grad=True)
         b = mg.tensor(rng.standard_normal(b_size).astype(dtype), requires_grad=True) if p["bias"] else None
-        out = op(x, w, b, **kwargs)
+        extra = dict(output_padding=p["output_padding"]) if op is F.conv_transpose2d else {}
+        out = op(x, w, b, **kwargs, **extra)
         out.backward(mg.tensor(np.cos(np.arange(out.numel())).reshape(out.shape).astype(dtype)))
         return [out.numpy(), x.grad.numpy(), w.grad.numpy()] + ([b.grad.numpy()] if b is not None else [])
     w_conv = rng.standard_normal((p["o"], p["c"]) + p["kernel"]).astype(dtype)
     out_size = F.conv2d(mg.tensor(x_conv), mg.tensor(w_conv), **kwargs).shape[2:]
     x_transposed = rng.standard_normal((p["n"], p["o"]) + tuple(out_size)).astype(dtype)
     cases = [(F.conv2d, x_conv, w_conv, p["o"])]
-    transposed_size = [(size - 1) * s - 2 * pad + d * (k - 1) + 1 for size, s, pad, d, k in zip(
-        out_size, p["stride"], p["padding"], p["dilation"], p["kernel"])]
+    transposed_size = [(size - 1) * s - 2 * pad + d * (k - 1) + 1 + extra for size, s, pad, d, k, extra in zip(
+        out_size, p["stride"], p["padding"], p["dilation"], p["kernel"], p["output_padding"])]
     if min(transposed_size) >= 1:
         cases.append((F.conv_transpose2d, x_transposed, w_conv, p["c"]))
     previous = (cpu._MIN_PARALLEL, cpu._MIN_PARALLEL_MACS, threads_module._threads)
