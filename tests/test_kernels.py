@@ -317,9 +317,10 @@ def test_matmul_matches_generic(threads, dtype, form):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_blas_product_reads_any_blas_layout_and_refuses_the_rest(dtype):
-    """cpu._blas_product (cblas_?gemm per slice) against numpy.matmul: row- and column-major operands,
-    sub-matrix views, broadcast batches, accumulation, an empty inner dimension; other layouts refused."""
-    if not cpu._CBLAS:
+    """cpu._blas_product (cblas_?gemm over every slice in one compiled call) against numpy.matmul: row- and
+    column-major operands, sub-matrix views, broadcast batches, accumulation, an empty inner dimension; other
+    layouts refused."""
+    if not cpu._GEMM:
         pytest.skip("no cblas_?gemm found in NumPy's BLAS: the products use numpy.matmul")
     rng = np.random.default_rng(11)
     big = rng.standard_normal((3, 9, 12)).astype(dtype)

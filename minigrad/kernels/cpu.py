@@ -159,35 +159,11 @@ if AVAILABLE:
 
     # ------------------------------------------------------------------ window rows (see conv2d_windows)
     @_jit
-    def _windows_gather(lo, hi, x, rows, sh, sw, pt, pl, dh, dw):
-        """rows (N, OH, OW, C, kh, kw) = every output position's input window, zero outside the image,
-        for the (sample, channel) planes [lo, hi): runs of kw pixels, contiguous on both sides (dw = 1)."""
-        c, h, w = x.shape[1], x.shape[2], x.shape[3]
-        oh, ow, kh, kw = rows.shape[1], rows.shape[2], rows.shape[4], rows.shape[5]
-        for plane in range(lo, hi):
-            i, ch = plane // c, plane % c
-            for oy in range(oh):
-                for ox in range(ow):
-                    base = ox * sw - pl
-                    k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
-                    for ky in range(kh):
-                        dst = rows[i, oy, ox, ch, ky]
-                        y = oy * sh - pt + ky * dh
-                        if y < 0 or y >= h:
-                            dst[:] = 0
-                            continue
-                        src = x[i, ch, y]
-                        for kx in range(k_lo):
-                            dst[kx] = 0
-                        for kx in range(k_lo, k_hi):
-                            dst[_u(kx)] = src[_u(base + kx * dw)]
-                        for kx in range(k_hi, kw):
-                            dst[kx] = 0
-
-    @_jit
-    def _windows_add(lo, hi, rows, img, sh, sw, pt, pl, dh, dw):
-        """img (N, C, H, W) += every position's window row of rows (N, OH, OW, C, kh, kw), for the
-        (sample, channel) planes [lo, hi) (each plane is one thread's: the overlapping adds never race)."""
+    def _windows(lo, hi, img, rows, sh, sw, pt, pl, dh, dw, into_image):
+        """Between an image (N, C, H, W) and its window rows (N, OH, OW, C, kh, kw: each output position's
+        input window), for the (sample, channel) planes [lo, hi): ``into_image`` False: rows = the
+        windows, zero outside the image; True: img += every row at its window (each plane is one
+        thread's, so the overlapping adds never race). Runs of kw pixels, contiguous on both sides (dw = 1)."""
         c, h, w = img.shape[1], img.shape[2], img.shape[3]
         oh, ow, kh, kw = rows.shape[1], rows.shape[2], rows.shape[4], rows.shape[5]
         for plane in range(lo, hi):
@@ -197,13 +173,21 @@ if AVAILABLE:
                     base = ox * sw - pl
                     k_lo, k_hi = _taps_inside(w, kw, base, dw, 0)
                     for ky in range(kh):
+                        window = rows[i, oy, ox, ch, ky]
                         y = oy * sh - pt + ky * dh
                         if y < 0 or y >= h:
+                            if not into_image:
+                                window[:] = 0
                             continue
-                        row = img[i, ch, y]
-                        src = rows[i, oy, ox, ch, ky]
-                        for kx in range(k_lo, k_hi):
-                            row[_u(base + kx * dw)] += src[_u(kx)]
+                        line = img[i, ch, y]
+                        if into_image:
+                            for kx in range(k_lo, k_hi):
+                                line[_u(base + kx * dw)] += window[_u(kx)]
+                        else:
+                            window[:k_lo] = 0
+                            for kx in range(k_lo, k_hi):
+                                window[_u(kx)] = line[_u(base + kx * dw)]
+                            window[k_hi:] = 0
 
     # ------------------------------------------------------------------ pooling
     @_jit
@@ -473,8 +457,8 @@ def run_in_shares(work, items, keys=None, cost=None):
     """
     items = list(items)
     groups = _group_bounds(items, keys)
-    threads = min(_threads(), len(groups) - 1)
-    if threads <= 1 or (cost is not None and cost < _MIN_PARALLEL_MACS):
+    threads = min(share_count(cost), len(groups) - 1)
+    if threads <= 1:
         return [work(items)]
     claim_blas()
     # contiguous runs of groups with about the same number of items each
@@ -720,22 +704,18 @@ def claim_blas():
 
 
 def _product(a, b, out, transpose_a, transpose_b, accumulate):
-    """One share's product, single-threaded: OpenBLAS's cblas_?gemm on each 2-D slice (``_blas_product``:
-    transposed operands read in place, ``accumulate`` as beta=1, no temporaries), or where an operand
-    is not a BLAS matrix the generic code (``minigrad.functional.conv.generic_matmul``)."""
+    """One share's product, single-threaded: OpenBLAS's cblas_?gemm on every 2-D slice in one compiled call
+    (``_blas_product``: transposed operands read in place, ``accumulate`` as beta=1, no temporaries), or where
+    an operand is not a BLAS matrix the generic code (``minigrad.functional.conv.generic_matmul``)."""
     if _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
         return out
     from ..functional.conv import generic_matmul  # functional imports kernels: resolved at call time
     return generic_matmul(a, b, out, transpose_a, transpose_b, accumulate)
 
 
-def _blas_matrix(m):
-    """(stored transposed, leading dimension) of a 2-D array BLAS can read in place, else None."""
-    return _blas_layout(m.shape[-2:], m.strides[-2:], m.itemsize)
-
-
 def _blas_layout(shape, strides, item):
-    """``_blas_matrix`` of the last two axes (``shape``, ``strides``) of any array."""
+    """(stored transposed, leading dimension) of a matrix of ``shape`` and ``strides`` (the last two axes of
+    an array) that BLAS can read in place, else None."""
     (s0, s1) = strides
     if s1 == item and s0 % item == 0 and s0 // item >= max(1, shape[1]):
         return False, s0 // item
@@ -745,40 +725,24 @@ def _blas_layout(shape, strides, item):
 
 
 def _blas_product(a, b, out, transpose_a, transpose_b, accumulate):
-    """out = op(a) @ op(b) (+ out) by cblas_?gemm per 2-D slice (batch axes broadcast as numpy.matmul);
-    False (nothing done) where there is no such BLAS or an operand's layout does not fit."""
-    gemm = _CBLAS.get(out.dtype)
-    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or out.ndim < 2 or a.ndim < 2 or b.ndim < 2:
+    """out = op(a) @ op(b) (+ out) by cblas_?gemm, batch axes broadcast as numpy.matmul, every 2-D slice in one
+    compiled call that releases the GIL once (``_gemm_share``); False (nothing done) where there is no such
+    BLAS, an operand's layout does not fit, or the batch axes do not flatten to one step (``_gemm_plan``)."""
+    if _GEMM.get(np.dtype(out.dtype)) is None or a.dtype != out.dtype or b.dtype != out.dtype or \
+            min(a.ndim, b.ndim, out.ndim) < 2:
         return False
-    lead = out.shape[:-2]
     m, n = out.shape[-2:]
     k = a.shape[-2] if transpose_a else a.shape[-1]
     if out.size and out.size // (m * n) > 8 and m * n * k < 1 << 16:
         return False   # many small products (adaptive pooling's bin matrices): numpy.matmul loops in C
-    plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
-    if plan is not None:   # every slice in one compiled call: the GIL is released once, not per slice
-        _gemm_share(0, plan[-2], 0, *plan)
-        return True
-    a_all = np.broadcast_to(a, lead + a.shape[-2:])
-    b_all = np.broadcast_to(b, lead + b.shape[-2:])
-    if out.size == 0:
-        return True
-    if k == 0:
+    if out.size == 0 or k == 0:   # nothing to multiply: an empty sum is 0
         if not accumulate:
             out[...] = 0
         return True
-    beta = 1.0 if accumulate else 0.0
-    calls = []
-    for index in np.ndindex(*lead):
-        a2, b2, c2 = a_all[index], b_all[index], out[index]
-        layout_a, layout_b, layout_c = _blas_matrix(a2), _blas_matrix(b2), _blas_matrix(c2)
-        if layout_a is None or layout_b is None or layout_c is None or layout_c[0]:
-            return False
-        calls.append((_TRANS if transpose_a != layout_a[0] else _NO_TRANS, _TRANS if transpose_b != layout_b[0]
-                      else _NO_TRANS, a2.ctypes.data, layout_a[1], b2.ctypes.data, layout_b[1], c2.ctypes.data,
-                      layout_c[1]))
-    for trans_a, trans_b, pa, lda, pb, ldb, pc, ldc in calls:   # ctypes releases the GIL during each call
-        gemm(101, int(trans_a), int(trans_b), m, n, k, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
+    plan = _gemm_plan(a, b, out, transpose_a, transpose_b, accumulate)
+    if plan is None:
+        return False
+    _gemm_share(0, plan[-2], 0, *plan)
     return True
 
 
@@ -913,22 +877,6 @@ def _find_gemm():
 _GEMM = _find_gemm() if AVAILABLE else {}
 
 
-def _cblas_functions():
-    """{dtype: cblas_?gemm callable from Python through ctypes (which releases the GIL while it runs)}."""
-    import ctypes
-    functions = {}
-    for dtype, address in _GEMM.items():
-        real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        prototype = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64,
-                                     ptr, i64, real, ptr, i64)
-        functions[dtype] = prototype(address)
-    return functions
-
-
-_CBLAS = _cblas_functions()
-
-
 def _tap_offsets(kernel, dilation, pitch):
     return np.array([ky * dilation[0] * pitch + kx * dilation[1] for ky in range(kernel[0])
                      for kx in range(kernel[1])], dtype=np.int64)
@@ -1042,7 +990,7 @@ def _window_rows(x, kernel, stride, pad_before, dilation, out_size):
     n, c = x.shape[:2]
     rows = _scratch((n,) + tuple(out_size) + (c,) + tuple(kernel), x.dtype)
     if rows.size:
-        _run(_windows_gather, n * c, rows.size, _c(x), rows, *_int(*stride, *pad_before, *dilation))
+        _run(_windows, n * c, rows.size, _c(x), rows, *_int(*stride, *pad_before, *dilation), False)
     return rows.reshape(n * out_size[0] * out_size[1], -1)
 
 
@@ -1071,8 +1019,8 @@ def conv2d_windows_input_grad(gy, w, stride, pad_before, dilation, image_size):
     rows = matmul(_position_rows(gy), _c(w, gy.dtype).reshape(o, -1), _scratch((n * oh * ow, c * kh * kw), gy.dtype))
     img = np.zeros((n, c) + tuple(image_size), dtype=gy.dtype)
     if rows.size:
-        _run(_windows_add, n * c, rows.size, rows.reshape(n, oh, ow, c, kh, kw), img,
-             *_int(*stride, *pad_before, *dilation))
+        _run(_windows, n * c, rows.size, img, rows.reshape(n, oh, ow, c, kh, kw), *_int(*stride, *pad_before, *dilation),
+             True)
     return img
 
 
