@@ -446,3 +446,49 @@ def test_trimap_band_by_hand(capsys):
     assert (mask[0] == 0).all()  # the loader's masks are copied, not edited
     assert main(["/nonexistent/checkpoint.npz"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+class _FixedLogits:
+    """A stand-in net for tools/trimap_miou.band_matrices: the same logits for every image."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        return minigrad.Tensor(np.repeat(self.logits[None], x.shape[0], axis=0))
+
+
+def test_trimap_with_the_crf_snaps_a_blurred_boundary(capsys):
+    """Black left of column 12, white right of it, labels 0 / 1 as the colours; the net's
+    boundary is at column 16, blurred. Without the CRF, columns 12-15 are wrong: in each band
+    (1 px: columns 11-12, 2 px: 10-13, 4 px: 8-15) half the pixels, class 0's IoU 0.5 and
+    class 1's 0, so mIoU 0.25. The CRF (DeepLab's defaults) snaps to the edge: 1.0 in every band;
+    with 0 iterations it is the net's labelling again."""
+    from tools.trimap_miou import band_matrices, main
+    from segnets.evaluate import metrics_dict
+    h, w = 10, 24
+    image = np.zeros((1, 3, h, w), np.float32)
+    image[..., 12:] = 1.0  # mean 0, std 1: colours 0 and 255
+    mask = np.zeros((1, h, w), np.int64)
+    mask[..., 12:] = 1
+    logits = np.zeros((2, h, w), np.float32)
+    logits[1] = (np.arange(w) - 15.5) / 2.0
+    loader = [(image, mask)] * 2
+    net = _FixedLogits(logits)
+    plain = band_matrices(net, loader, 2, [1, 2, 4])
+    crf = band_matrices(net, loader, 2, [1, 2, 4], crf=([0, 0, 0], [1, 1, 1], {}))
+    none = band_matrices(net, loader, 2, [1, 2, 4], crf=([0, 0, 0], [1, 1, 1], {"iterations": 0}))
+    assert metrics_dict(plain[0][0])["pixel_acc"] == pytest.approx(20 / 24)
+    for band in (1, 2, 4):
+        before, after = (metrics_dict(m) for m in crf[band])
+        assert before == metrics_dict(plain[band][0]) == metrics_dict(none[band][1])
+        assert before["pixel_acc"] == pytest.approx(0.5) and before["miou"] == pytest.approx(0.25)
+        assert after["pixel_acc"] == 1.0 and after["miou"] == 1.0
+        assert int(crf[band][1].matrix.sum()) == 2 * h * 2 * band  # only the band's pixels counted
+    for bad in (["--crf-opt", "nope=1"], ["--crf-opt", "iterations=-1"], ["--crf-opt", "w1"]):
+        assert main(["/nonexistent/checkpoint.npz", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --crf-opt") and err.count("\n") == 1
