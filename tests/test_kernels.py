@@ -264,6 +264,46 @@ def test_cross_entropy_matches_generic(threads, dtype, smoothing, weighted, redu
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_cross_entropy_kernels_over_several_pixel_blocks_and_wide_logits(threads, dtype):
+    """More pixels than one block (and not a multiple of it), logits from -1e4 to 80 (exp's
+    argument far below its lowest normal result), class weights and smoothing."""
+    rng = np.random.default_rng(8)
+    shape = (2, 4, 37, 29)    # 1073 pixels per sample: three blocks of 512, the last partial
+    logits = (rng.standard_normal(shape) * 30).astype(dtype)
+    logits[:, 2, :5] = -1e4
+    logits[1, 3, 7] = 80
+    target = rng.integers(0, 4, (2, 37, 29))
+    target[0, :3] = 255
+    weight = mg.tensor(rng.random(4).astype(dtype) + 0.5)
+    upstream = rng.standard_normal((2, 37, 29)).astype(dtype)
+
+    def run():
+        x = mg.tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(x, mg.tensor(target), weight=weight, ignore_index=255, reduction="none",
+                               label_smoothing=0.1)
+        loss.backward(mg.tensor(upstream))
+        return loss.numpy(), x.grad.numpy()
+    for fast, generic in zip(*both(run)):
+        np.testing.assert_allclose(fast, generic, **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_kernel_exp_is_within_two_ulp_of_numpy(dtype):
+    """The cross-entropy kernels' own exp (``_exp_split`` + ``_exp_series``: 2^n e^r) on [lowest, 0.5]."""
+    k, (bias, shift), bits_like = cpu._exp_constants(np.dtype(dtype))
+    t = np.concatenate([np.linspace(k[3], 0.5, 1501), -np.logspace(-8, 1, 300)]).astype(dtype)
+    ours = np.empty_like(t)
+    for j, value in enumerate(t):
+        n, r = cpu._exp_split(value, k)
+        bits = np.array([(int(n) + bias) << shift], bits_like.dtype)
+        ours[j] = cpu._exp_series(r, k) * bits.view(dtype)[0]
+    exact = np.exp(t.astype(np.longdouble))
+    ulp = np.spacing(exact.astype(dtype)).astype(np.longdouble)
+    assert np.max(np.abs(ours - exact) / ulp) <= 2
+    assert np.isnan(cpu._exp_split(dtype(np.nan), k)[1])   # NaN logits stay NaN
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("options", [dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True),
                                      dict(momentum=0.5, dampening=0.3), dict()], ids=str)
 def test_sgd_update_matches_generic(threads, dtype, options):

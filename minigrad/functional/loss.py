@@ -212,9 +212,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         if smoothing > 0:
             total_weight = total_weight + smoothing * class_w.mean()
         # S * softmax * upstream factor
-        grad = _by_samples(lambda part, out: xp.multiply(exp_shifted[part], (factor[part] * total_weight[part]
-                                                                             / exp_sum[part, 0])[:, None], out=out),
-                           exp_shifted)
+        grad = exp_shifted * (factor * total_weight / exp_sum[:, 0])[:, None]
         grad.ravel()[target_at] -= factor * (1 - smoothing) * target_weight  # the one-hot part of coef
         if smoothing > 0:
             grad -= factor[:, None] * (smoothing / classes) * class_w.reshape((1, classes) + (1,) * (x.ndim - 2))
@@ -223,35 +221,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 
 
 def _shifted_softmax(x):
-    """(exp(x - max), its sum over the classes (axis 1, kept), log-sum-exp) of logits (N, C, ...).
-
-    NumPy's exp runs on one core; on the CPU the samples are split over the threads (NumPy
-    releases the GIL in its loops), everywhere else it is one pass over the whole batch.
-    """
+    """(exp(x - max), its sum over the classes (axis 1, kept), log-sum-exp) of logits (N, C, ...)."""
     xp = get_array_module(x)
-    exp_sum = xp.empty((x.shape[0], 1) + x.shape[2:], dtype=x.dtype)
-    log_sum_exp = xp.empty((x.shape[0],) + x.shape[2:], dtype=x.dtype)
-
-    def pieces(part, out):
-        top = x[part].max(axis=1, keepdims=True)
-        xp.subtract(x[part], top, out=out)
-        xp.exp(out, out=out)
-        out.sum(axis=1, keepdims=True, out=exp_sum[part])
-        log_sum_exp[part] = (top + xp.log(exp_sum[part]))[:, 0]
-    return _by_samples(pieces, x), exp_sum, log_sum_exp
-
-
-def _by_samples(fill, like):
-    """A new array shaped like ``like``, ``fill(samples, out)`` writing each share of the samples (axis 0)
-    at once on the CPU kernels' threads (``kernels.spread``), else all samples in one call."""
-    out = get_array_module(like).empty_like(like)
-
-    def share(samples):
-        if len(samples):
-            part = slice(samples[0], samples[-1] + 1)
-            fill(part, out[part])
-    kernels.spread(share, range(like.shape[0]), like, cost=16 * like.size)   # ~16 operations per element
-    return out
+    top = x.max(axis=1, keepdims=True)
+    exp_shifted = xp.exp(x - top)
+    exp_sum = exp_shifted.sum(axis=1, keepdims=True)
+    return exp_shifted, exp_sum, (top + xp.log(exp_sum))[:, 0]
 
 
 def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, smoothing):
