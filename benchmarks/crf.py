@@ -5,8 +5,10 @@ random 21-class probabilities; DeepLab-LargeFOV's defaults, 10 mean-field
 iterations, the permutohedral lattice. Prints the lattice build and the whole
 call (median of ``--repeats`` after one warm-up call, which also pays the imports
 and numba's compilation), wall-clock and, on CPU, the process's CPU time (steadier
-on a shared machine; its minimum too); on CPU both with the numba-built lattices (where numba
-imports) and with the generic NumPy code.
+on a shared machine, and on one thread; its minimum too; with threads it adds up the
+threads' time); on CPU with the numba-built lattices (where numba imports) on all of
+minigrad's threads (``--threads``, ``minigrad.set_num_threads``; default every core) and
+on one, and with the generic NumPy code (one thread: the reference).
 
 Where ``pydensecrf`` (Krähenbühl's C++ code behind Cython; ``pip install pydensecrf2``
 builds it from source, with a C++ compiler) imports, it runs on the same input with
@@ -15,7 +17,7 @@ the script prints its time and how far the two agree: the fraction of pixels wit
 same label and the largest difference of a marginal, on the random probabilities and
 on a structured case (probabilities that follow the image's regions, blurred and
 noisy, as a net's would). It is skipped, with the reason printed, where it does not
-import; it is not a dependency of the project.
+import; it is not a dependency of the project. pydensecrf runs on one thread.
 """
 import argparse
 import statistics
@@ -23,6 +25,7 @@ import time
 
 import numpy as np
 
+import minigrad
 from segnets import crf
 
 SETTINGS = {"w1": 4.0, "theta_alpha": 121.0, "theta_beta": 5.0, "w2": 3.0, "theta_gamma": 3.0}
@@ -55,6 +58,10 @@ def make_structured_input(height=375, width=500, classes=21, seed=1):
     return image, (p / p.sum(axis=0)).astype(np.float32)
 
 
+def seconds(wall, cpu):
+    return f"wall {wall[0]:.3f} s (min {wall[1]:.3f} s)   cpu {cpu[0]:.3f} s (min {cpu[1]:.3f} s)"
+
+
 def timed(fn, repeats, sync=lambda: None):
     fn()
     sync()
@@ -65,7 +72,7 @@ def timed(fn, repeats, sync=lambda: None):
         sync()
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
-    return statistics.median(walls), (statistics.median(cpus), min(cpus))
+    return (statistics.median(walls), min(walls)), (statistics.median(cpus), min(cpus))
 
 
 def pydensecrf_marginals(dcrf, image, probabilities, iterations=10):
@@ -83,26 +90,37 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, help="minigrad.set_num_threads (default: every core)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        minigrad.set_num_threads(args.threads)
+    threads = minigrad.get_num_threads()
     image, probabilities = make_input()
     sync = lambda: None  # noqa: E731
     if args.device == "gpu":
         import cupy
         image, probabilities = cupy.asarray(image), cupy.asarray(probabilities)
         sync = cupy.cuda.Device().synchronize  # noqa: E731
-    print(f"dense_crf, 500x375, 21 classes, 10 iterations, lattice, {args.device}:")
+    print(f"dense_crf, 500x375, 21 classes, 10 iterations, lattice, {args.device}, minigrad threads {threads}:")
     features = crf._prepare(image, probabilities, *SETTINGS.values(), "lattice", 1e-8)[2]
-    variants = [(None, "numba build")] if args.device == "cpu" else []
-    variants.append((False, "NumPy" if args.device == "cpu" else "CuPy"))
-    for compiled, name in variants:
+    variants = []
+    if args.device == "cpu":
+        variants += [(None, threads, f"numba, {threads} thr")] + ([(None, 1, "numba, 1 thr")] if threads > 1 else [])
+    variants.append((False, 1, "NumPy, 1 thr" if args.device == "cpu" else "CuPy"))
+    for compiled, count, name in variants:
         if compiled is None and crf._numba_kernels(np, None, features["appearance"].shape[0]) is None:
             print("  numba build: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
             continue
-        wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled), args.repeats,
-                          sync)
-        print(f"  {name + ':':13} 5-D lattice build   wall {wall:.3f} s   cpu {cpu[0]:.3f} s (min {cpu[1]:.3f} s)")
+        minigrad.set_num_threads(count)
+        if count == 1:  # (one lattice's build runs on one thread)
+            wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
+                              args.repeats, sync)
+            print(f"  {name + ':':15} 5-D lattice build   {seconds(wall, cpu)}")
         wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
-        print(f"  {name + ':':13} dense_crf           wall {wall:.3f} s   cpu {cpu[0]:.3f} s (min {cpu[1]:.3f} s)")
+        print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
+    minigrad.set_num_threads(threads)
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as e:
@@ -111,7 +129,7 @@ def main(argv=None):
         return 0
     image, probabilities = make_input()
     wall, cpu = timed(lambda: pydensecrf_marginals(dcrf, image, probabilities), args.repeats)
-    print(f"  pydensecrf:   dense CRF           wall {wall:.3f} s   cpu {cpu[0]:.3f} s (min {cpu[1]:.3f} s)")
+    print(f"  pydensecrf:     dense CRF           {seconds(wall, cpu)}, 1 thread")
     for name, (image, probabilities) in (("random probabilities", (image, probabilities)),
                                          ("structured probabilities", make_structured_input())):
         theirs = pydensecrf_marginals(dcrf, image, probabilities)

@@ -153,10 +153,12 @@ def _tile_order(xp, h, w, tile=32):
     spanning the ~100 image rows one vertex covers at theta_alpha = 121: the splats and
     slices take ~20% less time on a 500x375 image (benchmarks/README.md).
     """
-    ys, xs = xp.meshgrid(xp.arange(h), xp.arange(w), indexing="ij")
-    tiles_across = -(-w // tile)
-    key = (((ys // tile) * tiles_across + xs // tile) * tile + ys % tile) * tile + xs % tile
-    return xp.argsort(key.reshape(-1))
+    # the raster indices padded to whole tiles (-1), tile rows and columns made the outer axes
+    down, across = -(-h // tile), -(-w // tile)
+    padded = xp.full((down * tile, across * tile), -1, dtype=np.int64)
+    padded[:h, :w] = xp.arange(h * w, dtype=np.int64).reshape(h, w)
+    order = padded.reshape(down, tile, across, tile).transpose(0, 2, 1, 3).reshape(-1)
+    return order[order >= 0]
 
 
 def _softmax(xp, logits):
@@ -429,23 +431,34 @@ class LatticeMeanField:
     sparse product for all classes and both kernels), each lattice's blur along its d+1 axes
     times its weight w, the slice S L (the messages), minus the unary, a softmax.
 
-    ``compiled``: how the lattices are built, see ``PermutohedralLattice``. The iterations
-    are NumPy/scipy (or CuPy/cupyx) code either way: numba loops for the splat, blur, slice
-    and softmax were measured no faster (the sparse products wait on cache misses, not on
-    arithmetic; benchmarks/README.md).
+    ``compiled``: how the lattices are built, see ``PermutohedralLattice``; with numba the
+    softmax is one compiled pass too (``_softmax_kernel``: NumPy's float32 exp is slow here),
+    the rest of the iterations is NumPy/scipy (or CuPy/cupyx) code either way (numba loops for
+    the splat, blur and slice were measured no faster: the sparse products wait on cache misses,
+    not on arithmetic; benchmarks/README.md). ``threads``: how many shares of minigrad's thread
+    pool build the lattices (both at once) and run each iteration (``threaded_step``); None:
+    ``minigrad.get_num_threads()`` on NumPy arrays of at least ``COMPILED_MIN_POINTS`` pixels,
+    1 for ``compiled=False`` (the generic reference) or ``MINIGRAD_CPU_KERNELS=0``.
+    More than one share changes only the order of the splat's float32 sums.
     """
 
-    def __init__(self, features, weights, unary, compiled=None):
+    def __init__(self, features, weights, unary, compiled=None, threads=None):
         xp = backend.get_array_module(unary)
         self.xp = xp
         self.unary = xp.ascontiguousarray(unary, dtype=np.float32)
         n, classes = self.unary.shape
+        kinds = [(kind, w) for kind, w in zip(("appearance", "smoothness"), weights) if w]
+        self.parts = _thread_parts(xp, compiled, n, threads) if kinds else 1
+        self.kernels = _numba_kernels(xp, compiled, n)  # (compiled here, not in two threads at once)
+
+        def build(i):
+            lattice = PermutohedralLattice(features[kinds[i][0]], compiled=compiled)
+            return lattice, kinds[i][1], 1.0 / xp.sqrt(lattice.apply(xp.ones((n, 1), dtype=np.float32)))
+        # with threads, the two lattices are built at once (numba's kernels and NumPy release the GIL)
+        lattices = _in_parts(len(kinds), build) if self.parts > 1 else [build(i) for i in range(len(kinds))]
         index, values, self.blurs, offset = [], [], [], 0
-        lattices = [(PermutohedralLattice(features[kind], compiled=compiled), w)
-                    for kind, w in zip(("appearance", "smoothness"), weights) if w]
-        total = sum(lattice.m for lattice, _ in lattices)
-        for lattice, w in lattices:
-            norm = 1.0 / xp.sqrt(lattice.apply(xp.ones((n, 1), dtype=np.float32)))
+        total = sum(lattice.m for lattice, _, _ in lattices)
+        for lattice, w, norm in lattices:
             index.append(lattice.index + offset)
             values.append(lattice.weights * norm)
             # neighbours as rows of the stacked lattice; the missing ones at its zero row
@@ -460,9 +473,32 @@ class LatticeMeanField:
                  xp.arange(0, n * k + 1, k, dtype=np.int32)),
                 shape=(n, total + 1))
             self.splat = self.slice.T
-        self.buffers = xp.empty((2, max([lattice.m for lattice, _ in lattices], default=0), classes),
+        self.buffers = xp.empty((2, max([lattice.m for lattice, _, _ in lattices], default=0), classes),
                                 dtype=np.float32)
         self.ones = xp.ones((classes, 1), dtype=np.float32)
+        self.powers = np.empty(n * classes if self.kernels is not None else 0, dtype=np.int32)
+        if self.parts > 1:
+            self._split([lattice.m for lattice, _, _ in lattices], total)
+
+    def _split(self, sizes, total):
+        """The threaded step's shares: pixel ranges (each with its rows of the slice matrix, and
+        their transpose, a splat) and each lattice's vertex range cut in as many row ranges."""
+        xp, parts = self.xp, self.parts
+        n, classes = self.unary.shape
+        k = self.slice.indptr[1] - self.slice.indptr[0]  # entries per pixel, the same for all
+        self.pixels = [(n * p // parts, n * (p + 1) // parts) for p in range(parts)]
+        self.slices = [_sparse_module(xp).csr_matrix(
+            (self.slice.data[lo * k:hi * k], self.slice.indices[lo * k:hi * k],
+             xp.arange(0, (hi - lo) * k + 1, k, dtype=np.int32)), shape=(hi - lo, total + 1))
+            for lo, hi in self.pixels]
+        self.splats = [s.T for s in self.slices]
+        self.vertices = [[(m * p // parts, m * (p + 1) // parts) for p in range(parts)] for m in sizes]
+        # two lattices (and the zero row): each blur axis reads one and writes the other, so the
+        # shares need not wait for each other within an axis; a lattice with an odd number of axes
+        # starts in the second, so that every lattice ends in the first
+        self.lattices = xp.zeros((2, total + 1, classes), dtype=np.float32)
+        self.gathers = xp.empty((parts, 2, max(hi - lo for ranges in self.vertices for lo, hi in ranges), classes),
+                                dtype=np.float32)
 
     def run(self, iterations, q=None):
         """Q after ``iterations`` steps from ``q`` (default: the softmax of -unary), (N, classes) float32."""
@@ -470,6 +506,11 @@ class LatticeMeanField:
         q = xp.ascontiguousarray(_softmax(xp, -self.unary) if q is None else q, dtype=np.float32)
         if not self.blurs:  # no kernels: every step gives softmax(-unary), the start
             return q
+        if self.parts > 1 and iterations:
+            q = [q[lo:hi] for lo, hi in self.pixels]
+            for _ in range(iterations):
+                q = self.threaded_step(q)
+            return xp.concatenate(q)
         for _ in range(iterations):
             q = self.step(q)
         return q
@@ -480,13 +521,93 @@ class LatticeMeanField:
         lattice = self.splat.dot(q)  # its last row, the zero row, stays zero: no pixel splats there
         for start, minus, plus, w in self.blurs:
             _blur(xp, lattice, start, minus, plus, w, self.buffers)
-        logits = self.slice.dot(lattice)
-        logits -= self.unary
+        return self._slice_and_softmax(self.slice, lattice, self.unary, self.powers)
+
+    def _slice_and_softmax(self, slice_rows, lattice, unary, powers):
+        """softmax(slice_rows L - unary) for some pixels' rows: NumPy, or one compiled pass
+        (``_softmax_kernel``) where the lattices were built with numba."""
+        xp = self.xp
+        logits = slice_rows.dot(lattice)
+        if self.kernels is not None:
+            if not self.kernels.softmax(logits, unary, powers):
+                return logits
+            logits = slice_rows.dot(lattice)  # a logit above 30 (rare): again, with NumPy's shift
+        logits -= unary
         if float(logits.max()) > 30.0:  # see _softmax
             logits -= logits.max(axis=1, keepdims=True)
         xp.exp(logits, out=logits)
         logits /= logits.dot(self.ones)
         return logits
+
+    def threaded_step(self, q):
+        """``step`` in ``self.parts`` shares on minigrad's thread pool (the sparse products and
+        NumPy's ufuncs release the GIL): q and the result are lists of the pixel ranges' rows.
+
+        Each share splats its pixels onto a lattice of its own (summed, range by range, into
+        the first lattice: the only change from ``step``, float32 sums in another order), blurs
+        its vertex range along each axis (one pass of the pool per axis), then slices and
+        softmaxes its pixels. Every other operation is ``step``'s, in the same order.
+        """
+        xp, parts = self.xp, self.parts
+        splats = _in_parts(parts, lambda p: self.splats[p].dot(q[p]))
+        first, second = self.lattices
+        axes = [minus.shape[0] for _, minus, _, _ in self.blurs]
+
+        def total(p):
+            for (start, *_), ranges, count in zip(self.blurs, self.vertices, axes):
+                lo, hi = ranges[p]
+                out = (first if count % 2 == 0 else second)[start + lo:start + hi]
+                xp.add(splats[0][start + lo:start + hi], splats[1][start + lo:start + hi], out=out)
+                for other in splats[2:]:
+                    out += other[start + lo:start + hi]
+        _in_parts(parts, total)
+        for axis in range(max(axes)):
+            def blur(p):
+                low, high = self.gathers[p]
+                for (start, minus, plus, w), ranges, count in zip(self.blurs, self.vertices, axes):
+                    if axis >= count:
+                        continue
+                    source, target = (first, second) if (count - axis) % 2 == 0 else (second, first)
+                    lo, hi = ranges[p]
+                    rows, out = source[start + lo:start + hi], target[start + lo:start + hi]
+                    _take(xp, source, minus[axis, lo:hi], low[:hi - lo])
+                    _take(xp, source, plus[axis, lo:hi], high[:hi - lo])
+                    low[:hi - lo] += high[:hi - lo]
+                    xp.add(rows, rows, out=out)
+                    out += low[:hi - lo]
+                    if axis == count - 1:
+                        out *= w / 4.0 ** count
+            _in_parts(parts, blur)
+
+        def slice_and_softmax(p):  # (the shift above 30 decided per share: the same marginals, up to rounding)
+            lo, hi = self.pixels[p]
+            classes = self.unary.shape[1]
+            return self._slice_and_softmax(self.slices[p], first, self.unary[lo:hi],
+                                           self.powers[lo * classes:hi * classes])
+        return _in_parts(parts, slice_and_softmax)
+
+
+def _thread_parts(xp, compiled, n, threads):
+    """How many shares ``LatticeMeanField``'s iterations run in: ``threads`` where given; else
+    ``minigrad.get_num_threads()`` for NumPy arrays of at least ``COMPILED_MIN_POINTS`` pixels
+    unless ``compiled`` is False or ``MINIGRAD_CPU_KERNELS`` is 0 (the generic reference), 1 else."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        if threads > 1 and xp is not np:
+            raise ValueError("threads > 1: the threaded iterations take NumPy arrays only")
+        return int(threads)
+    if (xp is not np or compiled is False or n < COMPILED_MIN_POINTS
+            or os.environ.get("MINIGRAD_CPU_KERNELS", "1") == "0"):
+        return 1
+    import minigrad
+    return minigrad.get_num_threads()
+
+
+def _in_parts(parts, work):
+    """[work(p) for p in range(parts)], the parts at once on minigrad's CPU thread pool."""
+    from minigrad.kernels.cpu import run_in_shares
+    return [result for share in run_in_shares(lambda ps: [work(p) for p in ps], range(parts)) for result in share]
 
 
 # The compiled kernels (numba, the optional ``cpu`` extra): plain functions here, compiled on first use.
@@ -637,6 +758,52 @@ def _neighbours_kernel(table_keys, table_ids, keys, steps):
     return minus, plus
 
 
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2, split (Cody & Waite)
+
+
+def _softmax_kernel(logits, unary, powers):
+    """In place: the rows of (n, classes) ``logits`` - ``unary`` softmaxed, in two passes, or True
+    (and ``logits`` garbage) where a value exceeds 30 (the caller then shifts rows, see _softmax).
+
+    exp as in Cephes' expf: x = t ln 2 + r with |r| <= ln 2 / 2, exp(r) by its Taylor polynomial
+    of degree 7, 2^t added to the float's exponent bits: a loop the compiler vectorises (NumPy's
+    float32 exp runs at ~3 ns a value on this AVX2 machine, this at ~1). Relative error below
+    1e-6 (measured 6e-7); values below -87 are taken as -87 (here they are >= log(epsilon)).
+    """
+    n, c = logits.shape
+    flat, unary = logits.reshape(-1), unary.reshape(-1)
+    bits = flat.view(np.int32)
+    big = False
+    for i in range(n * c):
+        v = flat[i] - unary[i]
+        big |= v > np.float32(30.0)
+        v = max(v, np.float32(-87.0))
+        t = np.floor(v * _LOG2E + np.float32(0.5))
+        r = v - t * _LN2_HIGH - t * _LN2_LOW
+        e = np.float32(1.0 / 5040)
+        e = e * r + np.float32(1.0 / 720)
+        e = e * r + np.float32(1.0 / 120)
+        e = e * r + np.float32(1.0 / 24)
+        e = e * r + np.float32(1.0 / 6)
+        e = e * r + np.float32(0.5)
+        e = e * r + np.float32(1.0)
+        e = e * r + np.float32(1.0)
+        flat[i] = e
+        powers[i] = np.int32(t) << 23
+    if big:
+        return True
+    for i in range(n * c):
+        bits[i] += powers[i]
+    for i in range(n):
+        total = np.float32(0.0)
+        for j in range(c):
+            total += logits[i, j]
+        for j in range(c):
+            logits[i, j] /= total
+    return False
+
+
 class _Kernels:
     def __init__(self, numba):
         jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -646,6 +813,7 @@ class _Kernels:
         self.codes = jit(_codes_kernel)
         self.hash_vertices = jit(_hash_vertices_kernel)
         self.neighbours = jit(_neighbours_kernel)
+        self.softmax = jit(_softmax_kernel)
 
 
 _compiled = None

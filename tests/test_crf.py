@@ -119,6 +119,65 @@ def test_compiled_dense_crf_matches_the_generic_one():
     np.testing.assert_allclose(compiled, generic, atol=1e-6)
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)])
+def test_threaded_iterations_match_one_thread(parts, weights):
+    """The iterations in 2 or 3 shares on minigrad's pool (pixel ranges, vertex ranges, two
+    lattices in turn per blur axis: an odd axis count (smoothness, 3) starts in the other one)
+    against one thread: only the splat's float32 sums change order."""
+    import minigrad
+    image, probabilities = random_case(np.random.default_rng(4), 40, 53, 5)
+    settings = dict(SMALL, w1=weights[0], w2=weights[1])
+    xp, unary, features, clipped, _ = crf._prepare(image, probabilities, *settings.values(), "lattice", 1e-8)
+    start = clipped / clipped.sum(axis=1, keepdims=True)
+    previous = minigrad.get_num_threads()
+    minigrad.set_num_threads(parts)
+    try:
+        one = crf.LatticeMeanField(features, weights, unary, compiled=False, threads=1).run(4, start)
+        threaded = crf.LatticeMeanField(features, weights, unary, compiled=False, threads=parts)
+        assert threaded.parts == parts
+        np.testing.assert_allclose(threaded.run(4, start), one, atol=1e-6)
+        np.testing.assert_array_equal(threaded.run(0, start), start)
+    finally:
+        minigrad.set_num_threads(previous)
+    assert np.abs(one - start).max() > 0.01  # the kernels did something
+
+
+def test_thread_count_rule(monkeypatch):
+    import minigrad
+    previous = minigrad.get_num_threads()
+    minigrad.set_num_threads(2)
+    try:
+        big = crf.COMPILED_MIN_POINTS
+        assert crf._thread_parts(np, None, big, None) == 2
+        assert crf._thread_parts(np, False, big, None) == 1  # the generic reference
+        assert crf._thread_parts(np, None, big - 1, None) == 1
+        assert crf._thread_parts(np, False, 10, 3) == 3
+        monkeypatch.setenv("MINIGRAD_CPU_KERNELS", "0")
+        assert crf._thread_parts(np, None, big, None) == 1
+    finally:
+        minigrad.set_num_threads(previous)
+    with pytest.raises(ValueError, match="threads"):
+        crf._thread_parts(np, None, 10, 0)
+
+
+def test_softmax_kernel_against_numpy():
+    """The compiled softmax (a polynomial exp) against NumPy's, relative error < 2e-6; a value
+    above 30 is reported (the caller shifts the rows) instead of computed."""
+    _numba()
+    kernels = crf._numba_kernels(np, True, 1)
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 6, (300, 21)).astype(np.float32)
+    unary = rng.uniform(0, 18, (300, 21)).astype(np.float32)
+    expected = np.exp((logits - unary).astype(np.float64))
+    expected /= expected.sum(axis=1, keepdims=True)
+    out = logits.copy()
+    assert not kernels.softmax(out, unary, np.empty(out.size, dtype=np.int32))
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-30)
+    logits[7, 3] = 31.0 + unary[7, 3]
+    assert kernels.softmax(logits, unary, np.empty(logits.size, dtype=np.int32))
+
+
 @pytest.mark.parametrize("h, w", [(1, 1), (5, 70), (33, 65), (64, 32)])
 def test_tile_order_is_a_permutation_tile_by_tile(h, w):
     order = crf._tile_order(np, h, w, tile=32)
