@@ -477,7 +477,9 @@ class LatticeMeanField:
                                 dtype=np.float32)
         self.ones = xp.ones((classes, 1), dtype=np.float32)
         self.powers = np.empty(n * classes if self.kernels is not None else 0, dtype=np.int32)
-        if self.parts > 1:
+        # with threads or the compiled kernels the iterations run in shares (one share: the blur kernel)
+        self.shared = bool(lattices) and (self.parts > 1 or self.kernels is not None)
+        if self.shared:
             self._split([lattice.m for lattice, _, _ in lattices], total)
 
     def _split(self, sizes, total):
@@ -506,7 +508,7 @@ class LatticeMeanField:
         q = xp.ascontiguousarray(_softmax(xp, -self.unary) if q is None else q, dtype=np.float32)
         if not self.blurs:  # no kernels: every step gives softmax(-unary), the start
             return q
-        if self.parts > 1 and iterations:
+        if self.shared and iterations:
             q = [q[lo:hi] for lo, hi in self.pixels]
             for _ in range(iterations):
                 q = self.threaded_step(q)
@@ -540,8 +542,10 @@ class LatticeMeanField:
         return logits
 
     def threaded_step(self, q):
-        """``step`` in ``self.parts`` shares on minigrad's thread pool (the sparse products and
-        NumPy's ufuncs release the GIL): q and the result are lists of the pixel ranges' rows.
+        """``step`` in ``self.parts`` shares on minigrad's thread pool (the sparse products,
+        NumPy's ufuncs and the numba kernels release the GIL): q and the result are lists of the
+        pixel ranges' rows. (With the compiled kernels also for one share: each blur axis then
+        is one pass of ``_blur_kernel`` from one lattice array into the other.)
 
         Each share splats its pixels onto a lattice of its own (summed, range by range, into
         the first lattice: the only change from ``step``, float32 sums in another order), blurs
@@ -557,6 +561,9 @@ class LatticeMeanField:
             for (start, *_), ranges, count in zip(self.blurs, self.vertices, axes):
                 lo, hi = ranges[p]
                 out = (first if count % 2 == 0 else second)[start + lo:start + hi]
+                if parts == 1:
+                    out[...] = splats[0][start + lo:start + hi]
+                    continue
                 xp.add(splats[0][start + lo:start + hi], splats[1][start + lo:start + hi], out=out)
                 for other in splats[2:]:
                     out += other[start + lo:start + hi]
@@ -569,6 +576,11 @@ class LatticeMeanField:
                         continue
                     source, target = (first, second) if (count - axis) % 2 == 0 else (second, first)
                     lo, hi = ranges[p]
+                    factor = w / 4.0 ** count if axis == count - 1 else 1.0
+                    if self.kernels is not None:  # the same operations in one pass
+                        self.kernels.blur(source, target, start + lo, minus[axis, lo:hi], plus[axis, lo:hi],
+                                          np.float32(factor))
+                        continue
                     rows, out = source[start + lo:start + hi], target[start + lo:start + hi]
                     _take(xp, source, minus[axis, lo:hi], low[:hi - lo])
                     _take(xp, source, plus[axis, lo:hi], high[:hi - lo])
@@ -758,6 +770,22 @@ def _neighbours_kernel(table_keys, table_ids, keys, steps):
     return minus, plus
 
 
+def _blur_kernel(source, target, first, minus, plus, factor):
+    """target[first + r] = (2 source[first + r] + source[minus[r]] + source[plus[r]]) * factor for
+    r < len(minus): one axis of the threaded blur (``_blur``'s float32 operations, in its order)."""
+    classes = source.shape[1]
+    for r in range(minus.shape[0]):
+        row = np.uintp(first + r)
+        low, high = np.uintp(minus[r]), np.uintp(plus[r])  # unsigned: no wraparound tests (vectorised)
+        for c in range(classes):
+            j = np.uintp(c)
+            value = source[row, j] + source[row, j]
+            value += source[low, j] + source[high, j]
+            if factor != np.float32(1.0):
+                value *= factor
+            target[row, j] = value
+
+
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2, split (Cody & Waite)
 
@@ -814,6 +842,7 @@ class _Kernels:
         self.hash_vertices = jit(_hash_vertices_kernel)
         self.neighbours = jit(_neighbours_kernel)
         self.softmax = jit(_softmax_kernel)
+        self.blur = jit(_blur_kernel)
 
 
 _compiled = None

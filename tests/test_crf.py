@@ -119,13 +119,17 @@ def test_compiled_dense_crf_matches_the_generic_one():
     np.testing.assert_allclose(compiled, generic, atol=1e-6)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("parts", [2, 3])
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)])
-def test_threaded_iterations_match_one_thread(parts, weights):
+def test_threaded_iterations_match_one_thread(parts, weights, compiled):
     """The iterations in 2 or 3 shares on minigrad's pool (pixel ranges, vertex ranges, two
     lattices in turn per blur axis: an odd axis count (smoothness, 3) starts in the other one)
-    against one thread: only the splat's float32 sums change order."""
+    against one thread: only the splat's float32 sums change order. compiled: numba's blur and
+    softmax in the shares (and in the one-thread run), against the generic one-thread step."""
     import minigrad
+    if compiled:
+        _numba()
     image, probabilities = random_case(np.random.default_rng(4), 40, 53, 5)
     settings = dict(SMALL, w1=weights[0], w2=weights[1])
     xp, unary, features, clipped, _ = crf._prepare(image, probabilities, *settings.values(), "lattice", 1e-8)
@@ -134,7 +138,11 @@ def test_threaded_iterations_match_one_thread(parts, weights):
     minigrad.set_num_threads(parts)
     try:
         one = crf.LatticeMeanField(features, weights, unary, compiled=False, threads=1).run(4, start)
-        threaded = crf.LatticeMeanField(features, weights, unary, compiled=False, threads=parts)
+        threaded = crf.LatticeMeanField(features, weights, unary, compiled=compiled, threads=parts)
+        if compiled:
+            single = crf.LatticeMeanField(features, weights, unary, compiled=True, threads=1)
+            assert single.shared and single.parts == 1
+            np.testing.assert_allclose(single.run(4, start), one, atol=1e-6)
         assert threaded.parts == parts
         np.testing.assert_allclose(threaded.run(4, start), one, atol=1e-6)
         np.testing.assert_array_equal(threaded.run(0, start), start)
