@@ -70,8 +70,9 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     the result is the same up to float32 rounding.
     """
     # the lattice visits the pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
-    xp, unary, features, clipped, order = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2,
-                                                   theta_gamma, method, epsilon, tiled=method == "lattice")
+    xp, unary, features, start, order = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2,
+                                                 theta_gamma, method, epsilon, tiled=method == "lattice",
+                                                 compiled=compiled)
     if not isinstance(iterations, (int, np.integer)) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
     if method == "exact":
@@ -80,8 +81,6 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
         for _ in range(iterations):
             q = _softmax(xp, -unary + _message(q, filters))
     else:
-        # = softmax(-unary), without the exp; the row sums as a product (a sum along the short axis is slower)
-        start = clipped / clipped.dot(xp.ones((clipped.shape[1], 1), dtype=clipped.dtype))
         tiled = LatticeMeanField(features, (w1, w2), unary, compiled=compiled).run(iterations, start)
         q = xp.empty_like(tiled)
         q[order] = tiled
@@ -107,9 +106,12 @@ def mean_field_energy(image, probabilities, marginals, w1=4.0, theta_alpha=121.0
 
 
 # ---------------------------------------------------------------- setup and the mean-field step
-def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma, method, epsilon, tiled=False):
-    """Checks, then (xp, unary (N, classes), features, clipped probabilities (N, classes), order):
-    the pixels in raster order (order None) or, ``tiled``, in ``order = _tile_order(...)``."""
+def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma, method, epsilon, tiled=False,
+             compiled=False):
+    """Checks, then (xp, unary (N, classes), features, start (N, classes), order): the pixels in raster
+    order (order None) or, ``tiled``, in ``order = _tile_order(...)``; start = softmax(-unary), the
+    clipped probabilities over their sum. ``compiled`` (see ``PermutohedralLattice``): with numba,
+    the tiled unary and start come from one pass (``_prepare_kernel``), equal up to float32 rounding."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if probabilities.ndim != 3:
@@ -133,16 +135,28 @@ def _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2, theta_gamma,
     colours = xp.asarray(image, dtype=dtype).reshape(h * w, -1)
     order = _tile_order(xp, h, w) if tiled else None
     pixels = xp.arange(h * w) if order is None else order
-    if order is None:
-        p = xp.ascontiguousarray(p)
-    else:  # one gather makes the rows contiguous and in tile order
-        p, colours = xp.take(p, order, axis=0), colours[order]
-    clipped = xp.maximum(p, epsilon)
-    unary = -xp.log(clipped)
+    # (the compiled log takes normal float32 numbers: epsilon >= 2^-126)
+    kernels = _numba_kernels(xp, compiled, h * w) if tiled and epsilon >= 2.0 ** -126 else None
+    if kernels is not None:
+        colours = colours[order]
+        unary, start = xp.empty((h * w, num_classes), dtype), xp.empty((h * w, num_classes), dtype)
+        n, parts = h * w, _thread_parts(xp, compiled, h * w, None)  # in shares of the pixels, as the iterations
+        bounds = [n * k // parts for k in range(parts + 1)]
+        _in_parts(parts, lambda k: kernels.prepare(p.T, order[bounds[k]:bounds[k + 1]], np.float32(epsilon),
+                                                   unary[bounds[k]:bounds[k + 1]], start[bounds[k]:bounds[k + 1]]))
+    else:
+        if order is None:
+            p = xp.ascontiguousarray(p)
+        else:  # one gather makes the rows contiguous and in tile order
+            p, colours = xp.take(p, order, axis=0), colours[order]
+        clipped = xp.maximum(p, epsilon)
+        unary = -xp.log(clipped)
+        # = softmax(-unary), without the exp; the row sums as a product (a sum along the short axis is slower)
+        start = clipped / clipped.dot(xp.ones((num_classes, 1), dtype=dtype))
     xs, ys = (pixels % w).astype(dtype), (pixels // w).astype(dtype)
     appearance = xp.concatenate([xs[:, None] / theta_alpha, ys[:, None] / theta_alpha, colours / theta_beta], axis=1)
     positions = xp.stack([xs, ys], axis=1) / theta_gamma
-    return xp, unary, {"appearance": appearance, "smoothness": positions}, clipped, order
+    return xp, unary, {"appearance": appearance, "smoothness": positions}, start, order
 
 
 def _tile_order(xp, h, w, tile=32):
@@ -790,6 +804,46 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2, split (Cody & Waite)
 
 
+def _prepare_kernel(probabilities, order, epsilon, unary, start):
+    """Row i (pixel order[i]) of the (classes, N) ``probabilities``, clipped at ``epsilon``: its
+    -log into ``unary``, over its sum into ``start``. The log as in Cephes' logf, on the flat
+    rows (a loop the compiler vectorises): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m by a
+    polynomial of degree 9 in m - 1 (error below 1e-6 against NumPy's here)."""
+    classes = probabilities.shape[0]
+    for i in range(order.shape[0]):
+        pixel = order[i]
+        total = np.float32(0.0)
+        for c in range(classes):
+            unary[i, c] = max(probabilities[c, pixel], epsilon)
+            total += unary[i, c]
+        for c in range(classes):
+            start[i, c] = unary[i, c] / total
+    flat = unary.reshape(-1)
+    bits = flat.view(np.int32)
+    for k in range(flat.shape[0]):
+        word = bits[k]
+        e = np.float32((word >> 23) - 126)
+        bits[k] = (word & 0x007FFFFF) | 0x3F000000  # the mantissa, in [0.5, 1)
+        x = flat[k]
+        small = x < np.float32(0.70710678)
+        e = e - np.float32(1.0) if small else e
+        x = (x + x if small else x) - np.float32(1.0)
+        z = x * x
+        y = np.float32(7.0376836292e-2)
+        y = y * x - np.float32(1.1514610310e-1)
+        y = y * x + np.float32(1.1676998740e-1)
+        y = y * x - np.float32(1.2420140846e-1)
+        y = y * x + np.float32(1.4249322787e-1)
+        y = y * x - np.float32(1.6668057665e-1)
+        y = y * x + np.float32(2.0000714765e-1)
+        y = y * x - np.float32(2.4999993993e-1)
+        y = y * x + np.float32(3.3333331174e-1)
+        y = y * x * z
+        y += e * _LN2_LOW
+        y -= np.float32(0.5) * z
+        flat[k] = -(x + y + e * _LN2_HIGH)
+
+
 def _softmax_kernel(logits, unary, powers):
     """In place: the rows of (n, classes) ``logits`` - ``unary`` softmaxed, in two passes, or True
     (and ``logits`` garbage) where a value exceeds 30 (the caller then shifts rows, see _softmax).
@@ -843,6 +897,7 @@ class _Kernels:
         self.neighbours = jit(_neighbours_kernel)
         self.softmax = jit(_softmax_kernel)
         self.blur = jit(_blur_kernel)
+        self.prepare = jit(_prepare_kernel)
 
 
 _compiled = None
