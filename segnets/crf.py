@@ -33,9 +33,11 @@ Two ways to compute K Q, both on NumPy or CuPy arrays (``xp`` follows ``probabil
   and not quite isotropic), in O(N d^2) time. The lattices are built once per image
   (``LatticeMeanField``), both kernels share one sparse splat and slice, and the pixels
   are visited in 32x32 tiles for the cache; numba, where installed, builds the lattices
-  point by point with a hash table instead of a sort. On a 500x375 image with DeepLab's settings it
-  gives pydensecrf's (Krähenbühl's C++ code's) marginals to within 4e-6, the same labels
-  (``benchmarks/crf.py``, benchmarks/README.md).
+  point by point with a hash table instead of a sort, and computes the log, the blur and the
+  softmax in compiled passes (polynomial log and exp); on NumPy arrays the iterations and the
+  builds run on ``minigrad.get_num_threads()`` threads (``LatticeMeanField``). On a 500x375
+  image with DeepLab's settings it gives pydensecrf's (Krähenbühl's C++ code's) marginals to
+  within 4e-6, the same labels (``benchmarks/crf.py``, benchmarks/README.md).
 
 Defaults: DeepLab-CRF-LargeFOV's published settings (Chen et al., ICLR 2015:
 w2 = 3 and theta_gamma = 3 fixed, w1, theta_alpha, theta_beta cross-validated on
@@ -66,8 +68,10 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     defaults); ``probabilities``: (num_classes, H, W), e.g. a softmax, clipped at ``epsilon``
     before the log. ``argmax(axis=0)`` of the result is the CRF's labelling. See the module
     docstring for the model, the defaults' source and the two methods. ``compiled``: whether
-    the lattices are built with numba (None: where it imports; see ``PermutohedralLattice``);
-    the result is the same up to float32 rounding.
+    the lattices are built with numba (None: where it imports; see ``PermutohedralLattice``),
+    which then also computes the log, the blur and the softmax; the result is the same up to
+    float32 rounding. Large images (``COMPILED_MIN_POINTS`` pixels) on NumPy use
+    ``minigrad.get_num_threads()`` threads unless ``compiled=False`` (see ``LatticeMeanField``).
     """
     # the lattice visits the pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
     xp, unary, features, start, order = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2,

@@ -169,6 +169,25 @@ def test_thread_count_rule(monkeypatch):
         crf._thread_parts(np, None, 10, 0)
 
 
+def test_compiled_prepare_matches_the_generic_one():
+    """The tiled unary (-log, a Cephes-style polynomial) and start (clipped over their sum) from
+    numba's one pass against NumPy's: within float32 rounding, also for clipped zeros and ones."""
+    _numba()
+    image, probabilities = random_case(np.random.default_rng(6), 37, 45, 6)
+    probabilities[:, :3] = 0.0
+    probabilities[2, :3] = 1.0
+    probabilities[:, 5, 7] = [1e-12, 0.5, 0.25, 0.125, 0.0625, 0.0625 - 1e-12]
+    generic = crf._prepare(image, probabilities, *SMALL.values(), "lattice", 1e-8, tiled=True, compiled=False)
+    compiled = crf._prepare(image, probabilities, *SMALL.values(), "lattice", 1e-8, tiled=True, compiled=True)
+    np.testing.assert_allclose(compiled[1], generic[1], atol=2e-6)  # unary in [0, 18.4]: ~1 ulp of 16
+    np.testing.assert_allclose(compiled[3], generic[3], rtol=1e-6)
+    row = np.flatnonzero(compiled[4] == 5 * 45 + 7)[0]  # the hand-made pixel, in tile order
+    np.testing.assert_allclose(compiled[1][row], -np.log([1e-8, 0.5, 0.25, 0.125, 0.0625, 0.0625]), rtol=1e-6)
+    for kind in generic[2]:
+        np.testing.assert_array_equal(compiled[2][kind], generic[2][kind])
+    np.testing.assert_array_equal(compiled[4], generic[4])
+
+
 def test_softmax_kernel_against_numpy():
     """The compiled softmax (a polynomial exp) against NumPy's, relative error < 2e-6; a value
     above 30 is reported (the caller shifts the rows) instead of computed."""
