@@ -579,13 +579,11 @@ class LatticeMeanField:
             for (start, *_), ranges, count in zip(self.blurs, self.vertices, axes):
                 lo, hi = ranges[p]
                 out = (first if count % 2 == 0 else second)[start + lo:start + hi]
-                if parts == 1:
-                    out[...] = splats[0][start + lo:start + hi]
-                    continue
                 xp.add(splats[0][start + lo:start + hi], splats[1][start + lo:start + hi], out=out)
                 for other in splats[2:]:
                     out += other[start + lo:start + hi]
-        _in_parts(parts, total)
+        if parts > 1:  # (one share: the first blur axis reads the splat's lattice itself)
+            _in_parts(parts, total)
         for axis in range(max(axes)):
             def blur(p):
                 low, high = self.gathers[p]
@@ -593,6 +591,7 @@ class LatticeMeanField:
                     if axis >= count:
                         continue
                     source, target = (first, second) if (count - axis) % 2 == 0 else (second, first)
+                    source = splats[0] if axis == 0 and parts == 1 else source
                     lo, hi = ranges[p]
                     factor = w / 4.0 ** count if axis == count - 1 else 1.0
                     if self.kernels is not None:  # the same operations in one pass
