@@ -105,21 +105,30 @@ def main(argv=None):
         sync = cupy.cuda.Device().synchronize  # noqa: E731
     print(f"dense_crf, 500x375, 21 classes, 10 iterations, lattice, {args.device}, minigrad threads {threads}:")
     features = crf._prepare(image, probabilities, *SETTINGS.values(), "lattice", 1e-8)[2]
+    # (compiled, threads, name); "NumPy" with threads: as where numba is not installed (no compiled
+    # passes, the iterations still threaded); compiled=False: the generic reference, one thread
     variants = []
     if args.device == "cpu":
         variants += [(None, threads, f"numba, {threads} thr")] + ([(None, 1, "numba, 1 thr")] if threads > 1 else [])
+        variants += [("no numba", threads, f"NumPy, {threads} thr")] if threads > 1 else []
     variants.append((False, 1, "NumPy, 1 thr" if args.device == "cpu" else "CuPy"))
     for compiled, count, name in variants:
         if compiled is None and crf._numba_kernels(np, None, features["appearance"].shape[0]) is None:
-            print("  numba build: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
+            print(f"  {name}: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
             continue
         minigrad.set_num_threads(count)
-        if count == 1:  # (one lattice's build runs on one thread)
-            wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
-                              args.repeats, sync)
-            print(f"  {name + ':':15} 5-D lattice build   {seconds(wall, cpu)}")
-        wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
-        print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
+        saved = crf._compiled
+        if compiled == "no numba":
+            compiled, crf._compiled = None, False  # what _numba_kernels records where numba does not import
+        try:
+            if count == 1:  # (one lattice's build runs on one thread)
+                wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
+                                  args.repeats, sync)
+                print(f"  {name + ':':15} 5-D lattice build   {seconds(wall, cpu)}")
+            wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
+            print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
+        finally:
+            crf._compiled = saved
     minigrad.set_num_threads(threads)
     try:
         import pydensecrf.densecrf as dcrf
