@@ -323,16 +323,18 @@ if AVAILABLE:
             dx[_u(i)] = g[_u(i)] if y[_u(i)] > 0 else 0
 
     @_jit
-    def _sgd(lo, hi, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    def _sgd(lo, hi, p, g, buf, lr, momentum, keep, weight_decay, nesterov, first):
+        # keep = 1 - dampening, in the arrays' dtype: a Python 1 - dampening here would be float64
+        # and the loop a float32 <-> float64 conversion per element (4x slower, measured)
         for i in range(lo, hi):
-            d = g[i]
+            d = g[_u(i)]
             if weight_decay != 0:
-                d = d + weight_decay * p[i]
+                d = d + weight_decay * p[_u(i)]
             if momentum != 0:
-                b = d if first else momentum * buf[i] + (1 - dampening) * d
-                buf[i] = b
+                b = d if first else momentum * buf[_u(i)] + keep * d
+                buf[_u(i)] = b
                 d = d + momentum * b if nesterov else b
-            p[i] -= lr * d
+            p[_u(i)] -= lr * d
 
     # ------------------------------------------------------------------ cross-entropy
     # The loss's cost is exp, 21 per pixel. exp(t) for t <= ~0 (logits minus their max or their
@@ -779,7 +781,7 @@ def sgd_update(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov
     flat = param.reshape(-1)
     _run(_sgd, flat.size, flat.size, flat, _c(grad, param.dtype).reshape(-1),
          flat if buf is None else buf.reshape(-1),
-         t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
+         t(lr), t(momentum), t(1 - dampening), t(weight_decay), bool(nesterov), bool(first))
 
 
 def _exp_constants(dtype):
