@@ -6,6 +6,7 @@ and PyTorch still agree on it, and that the JSON/Markdown outputs have their fie
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -268,3 +269,16 @@ def test_conv_layers_records_each_conv_of_a_step_and_times_both_libraries(capsys
     conv_layers.main(["--net", "unet", "--size", "tiny", "--threads", "1", "--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(set(calls)) + 1 and rows[-1].startswith("| all |")   # header, layers, total
+
+
+def test_thread_ceiling_speed_up_is_n_times_one_threads_time_over_n_threads():
+    """With a 'kernel' that only sleeps (the GIL released, as the compiled loop releases it), n
+    threads take one thread's time for n times the work: the speed-up must come out near n."""
+    from benchmarks.thread_ceiling import main, speed_up
+    one, many, up = speed_up(3, 0.05, lambda data, seconds: time.sleep(seconds), None)
+    assert one >= 0.05 and many >= 0.05
+    assert 2.4 < up <= 3.0 + 1e-9, (one, many, up)
+    assert up == pytest.approx(3 * one / many)
+    with pytest.raises(SystemExit) as exit_info:   # argparse's error: exit 2, no traceback
+        main(["--threads", "0"])
+    assert exit_info.value.code == 2
