@@ -240,10 +240,11 @@ class PermutohedralLattice:
     True: numba or an error. (None keeps the generic code below
     ``COMPILED_MIN_POINTS`` points, where it is fast and numba's first compilation, ~10 s of
     CPU, would dominate.) Both number the vertices in the order the pixels first touch them
-    (also on CuPy), so both give the same lattice, rows in the same order.
+    (also on CuPy), so both give the same lattice, rows in the same order. ``simplices``: the
+    compiled simplices, already computed (``_simplices_in_shares``, in threads).
     """
 
-    def __init__(self, features, compiled=None):
+    def __init__(self, features, compiled=None, simplices=None):
         xp = backend.get_array_module(features)
         self.xp = xp
         n, d = features.shape
@@ -251,9 +252,10 @@ class PermutohedralLattice:
         kernels = _numba_kernels(xp, compiled, n)
         # The enclosing simplex of every point: barycentric weights (n, d+1) and the int64 hash
         # codes of its d+1 vertices (n, d+1); ``base``: the codes' digit base.
-        scale = (d + 1) * math.sqrt(2.0 / 3.0) / np.sqrt(np.arange(1, d + 1) * np.arange(2, d + 2, dtype=np.float64))
+        scale = _scale(d)
         if kernels is not None:
-            self.weights, stored, rank = kernels.simplices(np.ascontiguousarray(features, dtype=np.float64), scale)
+            # (``simplices``: _simplices_in_shares' result where LatticeMeanField ran it in threads)
+            self.weights, stored, rank = simplices or _simplices_in_shares(kernels, [features], 1)[0]
             low, base, powers = self._digits(stored)
             codes = kernels.codes(stored, rank, low, np.asarray(powers, dtype=np.int64))
         else:
@@ -469,8 +471,12 @@ class LatticeMeanField:
         self.parts = _thread_parts(xp, compiled, n, threads) if kinds else 1
         self.kernels = _numba_kernels(xp, compiled, n)  # (compiled here, not in two threads at once)
 
+        simplices = [None] * len(kinds)
+        if self.parts > 1 and self.kernels is not None:  # both lattices' simplices in shares of the pixels
+            simplices = _simplices_in_shares(self.kernels, [features[kind] for kind, _ in kinds], self.parts)
+
         def build(i):
-            lattice = PermutohedralLattice(features[kinds[i][0]], compiled=compiled)
+            lattice = PermutohedralLattice(features[kinds[i][0]], compiled=compiled, simplices=simplices[i])
             return lattice, kinds[i][1], 1.0 / xp.sqrt(lattice.apply(xp.ones((n, 1), dtype=np.float32)))
         # with threads, the two lattices are built at once (numba's kernels and NumPy release the GIL)
         lattices = _in_parts(len(kinds), build) if self.parts > 1 else [build(i) for i in range(len(kinds))]
@@ -668,14 +674,32 @@ def _hash_find(table_keys, table_ids, code, missing):
         slot = (slot + np.uint64(1)) & np.uint64(mask)
 
 
-def _simplex_kernel(features, scale):
+def _scale(d):
+    """The features' scale on lattice axis i: (d + 1) sqrt(2/3) / sqrt((i + 1)(i + 2)) (the original's)."""
+    return (d + 1) * math.sqrt(2.0 / 3.0) / np.sqrt(np.arange(1, d + 1) * np.arange(2, d + 2, dtype=np.float64))
+
+
+def _simplices_in_shares(kernels, features, parts):
+    """[(weights, stored, ranks)] of ``_simplex_kernel`` for each (n, d) array of ``features`` (the
+    same n), the points cut in ``parts`` ranges run at once on minigrad's thread pool."""
+    features = [np.ascontiguousarray(f, dtype=np.float64) for f in features]
+    n = features[0].shape[0]
+    out = [(np.empty((n, f.shape[1] + 1), dtype=np.float32), np.empty((n, f.shape[1]), dtype=np.int64),
+            np.empty((n, f.shape[1] + 1), dtype=np.int64)) for f in features]
+
+    def share(p):
+        lo, hi = n * p // parts, n * (p + 1) // parts
+        for f, (weights, stored, ranks) in zip(features, out):
+            kernels.simplices(f[lo:hi], _scale(f.shape[1]), weights[lo:hi], stored[lo:hi], ranks[lo:hi])
+    _in_parts(parts, share)
+    return out
+
+
+def _simplex_kernel(features, scale, weights, stored, ranks):
     """PermutohedralLattice._simplices' first half, point by point, the same float64 operations in
-    the same order: (weights (n, d+1) float32, remainder-0 coordinates (n, d) int64, ranks (n, d+1))."""
+    the same order, into weights (n, d+1) float32, remainder-0 coordinates (n, d) int64, ranks (n, d+1)."""
     n, d = features.shape
     inverse = 1.0 / (d + 1)
-    weights = np.empty((n, d + 1), dtype=np.float32)
-    stored = np.empty((n, d), dtype=np.int64)
-    ranks = np.empty((n, d + 1), dtype=np.int64)
     elevated = np.empty(d + 1)
     rem0 = np.empty(d + 1)
     residual = np.empty(d + 1)
@@ -718,7 +742,6 @@ def _simplex_kernel(features, scale):
         weights[p, 0] = 1.0 + s[0] - s[d]
         for k in range(d):
             stored[p, k] = np.int64(np.rint(rem0[k]))
-    return weights, stored, ranks
 
 
 def _codes_kernel(stored, ranks, low, powers):
