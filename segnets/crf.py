@@ -72,6 +72,8 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     which then also computes the log, the blur and the softmax; the result is the same up to
     float32 rounding. Large images (``COMPILED_MIN_POINTS`` pixels) on NumPy use
     ``minigrad.get_num_threads()`` threads unless ``compiled=False`` (see ``LatticeMeanField``).
+    The lattice method computes in float32 and returns float32 for any input dtype (as
+    pydensecrf); the exact one computes and returns float64.
     """
     # the lattice visits the pixels in tiles of 32x32 (see _tile_order), back in raster order at the end
     xp, unary, features, start, order = _prepare(image, probabilities, w1, theta_alpha, theta_beta, w2,
