@@ -8,7 +8,7 @@ and numba's compilation), wall-clock and, on CPU, the process's CPU time (steadi
 on a shared machine, and on one thread; its minimum too; with threads it adds up the
 threads' time); on CPU with the numba-built lattices (where numba imports) on all of
 minigrad's threads (``--threads``, ``minigrad.set_num_threads``; default every core) and
-on one, and with the generic NumPy code (one thread: the reference).
+on one, and with the generic NumPy code (one thread: the reference, and what runs without numba).
 
 Where ``pydensecrf`` (Krähenbühl's C++ code behind Cython; ``pip install pydensecrf2``
 builds it from source, with a C++ compiler) imports, it runs on the same input with
@@ -105,30 +105,22 @@ def main(argv=None):
         sync = cupy.cuda.Device().synchronize  # noqa: E731
     print(f"dense_crf, 500x375, 21 classes, 10 iterations, lattice, {args.device}, minigrad threads {threads}:")
     features = crf._prepare(image, probabilities, *SETTINGS.values(), "lattice", 1e-8)[2]
-    # (compiled, threads, name); "NumPy" with threads: as where numba is not installed (no compiled
-    # passes, the iterations still threaded); compiled=False: the generic reference, one thread
+    # (compiled, threads, name); compiled=False: the generic reference, one thread (as without numba)
     variants = []
     if args.device == "cpu":
         variants += [(None, threads, f"numba, {threads} thr")] + ([(None, 1, "numba, 1 thr")] if threads > 1 else [])
-        variants += [("no numba", threads, f"NumPy, {threads} thr")] if threads > 1 else []
     variants.append((False, 1, "NumPy, 1 thr" if args.device == "cpu" else "CuPy"))
     for compiled, count, name in variants:
         if compiled is None and crf._numba_kernels(np, None, features["appearance"].shape[0]) is None:
             print(f"  {name}: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
             continue
         minigrad.set_num_threads(count)
-        saved = crf._compiled
-        if compiled == "no numba":
-            compiled, crf._compiled = None, False  # what _numba_kernels records where numba does not import
-        try:
-            if count == 1:  # (one lattice's build runs on one thread)
-                wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
-                                  args.repeats, sync)
-                print(f"  {name + ':':15} 5-D lattice build   {seconds(wall, cpu)}")
-            wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
-            print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
-        finally:
-            crf._compiled = saved
+        if count == 1:  # (one lattice's build runs on one thread)
+            wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
+                              args.repeats, sync)
+            print(f"  {name + ':':15} 5-D lattice build   {seconds(wall, cpu)}")
+        wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
+        print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
     minigrad.set_num_threads(threads)
     try:
         import pydensecrf.densecrf as dcrf

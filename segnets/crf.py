@@ -34,8 +34,8 @@ Two ways to compute K Q, both on NumPy or CuPy arrays (``xp`` follows ``probabil
   (``LatticeMeanField``), both kernels share one sparse splat and slice, and the pixels
   are visited in 32x32 tiles for the cache; numba, where installed, builds the lattices
   point by point with a hash table instead of a sort, and computes the log, the blur and the
-  softmax in compiled passes (polynomial log and exp); on NumPy arrays the iterations and the
-  builds run on ``minigrad.get_num_threads()`` threads (``LatticeMeanField``). On a 500x375
+  softmax in compiled passes (polynomial log and exp), and the iterations and the builds run
+  on ``minigrad.get_num_threads()`` threads (``LatticeMeanField``). On a 500x375
   image with DeepLab's settings it gives pydensecrf's (Krähenbühl's C++ code's) marginals to
   within 4e-6, the same labels (``benchmarks/crf.py``, benchmarks/README.md).
 
@@ -70,8 +70,8 @@ def dense_crf(image, probabilities, iterations=10, w1=4.0, theta_alpha=121.0, th
     docstring for the model, the defaults' source and the two methods. ``compiled``: whether
     the lattices are built with numba (None: where it imports; see ``PermutohedralLattice``),
     which then also computes the log, the blur and the softmax; the result is the same up to
-    float32 rounding. Large images (``COMPILED_MIN_POINTS`` pixels) on NumPy use
-    ``minigrad.get_num_threads()`` threads unless ``compiled=False`` (see ``LatticeMeanField``).
+    float32 rounding; with numba, large images (``COMPILED_MIN_POINTS`` pixels) use
+    ``minigrad.get_num_threads()`` threads (see ``LatticeMeanField``).
     The lattice method computes in float32 and returns float32 for any input dtype (as
     pydensecrf); the exact one computes and returns float64.
     """
@@ -454,14 +454,14 @@ class LatticeMeanField:
     times its weight w, the slice S L (the messages), minus the unary, a softmax.
 
     ``compiled``: how the lattices are built, see ``PermutohedralLattice``; with numba the
-    softmax is one compiled pass too (``_softmax_kernel``: NumPy's float32 exp is slow here),
-    the rest of the iterations is NumPy/scipy (or CuPy/cupyx) code either way (numba loops for
-    the splat, blur and slice were measured no faster: the sparse products wait on cache misses,
-    not on arithmetic; benchmarks/README.md). ``threads``: how many shares of minigrad's thread
-    pool build the lattices (both at once) and run each iteration (``threaded_step``); None:
-    ``minigrad.get_num_threads()`` on NumPy arrays of at least ``COMPILED_MIN_POINTS`` pixels,
-    1 for ``compiled=False`` (the generic reference) or ``MINIGRAD_CPU_KERNELS=0``.
-    More than one share changes only the order of the splat's float32 sums.
+    softmax (``_softmax_kernel``: NumPy's float32 exp is slow here) and each blur axis
+    (``_blur_kernel``) are compiled passes too; the splat and the slice are scipy's (or cupyx's)
+    sparse products either way (numba loops for them were measured no faster: they wait on cache
+    misses, not on arithmetic; benchmarks/README.md). ``threads``: how many shares of minigrad's
+    thread pool build the lattices (both at once) and run each iteration (``threaded_step``);
+    None: ``minigrad.get_num_threads()`` where the numba kernels run, else 1 (``_thread_parts``;
+    ``compiled=False``, the generic reference, and ``MINIGRAD_CPU_KERNELS=0`` give 1). More than
+    one share changes only the order of the splat's float32 sums.
     """
 
     def __init__(self, features, weights, unary, compiled=None, threads=None):
@@ -626,16 +626,16 @@ class LatticeMeanField:
 
 def _thread_parts(xp, compiled, n, threads):
     """How many shares ``LatticeMeanField``'s iterations run in: ``threads`` where given; else
-    ``minigrad.get_num_threads()`` for NumPy arrays of at least ``COMPILED_MIN_POINTS`` pixels
-    unless ``compiled`` is False or ``MINIGRAD_CPU_KERNELS`` is 0 (the generic reference), 1 else."""
+    ``minigrad.get_num_threads()`` where the numba kernels run (NumPy arrays of at least
+    ``COMPILED_MIN_POINTS`` pixels, numba installed, ``compiled`` not False, ``MINIGRAD_CPU_KERNELS``
+    not 0), 1 else: the generic code in threads (NumPy's blur and exp) measured no faster here."""
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         if threads > 1 and xp is not np:
             raise ValueError("threads > 1: the threaded iterations take NumPy arrays only")
         return int(threads)
-    if (xp is not np or compiled is False or n < COMPILED_MIN_POINTS
-            or os.environ.get("MINIGRAD_CPU_KERNELS", "1") == "0"):
+    if _numba_kernels(xp, compiled, n) is None:
         return 1
     import minigrad
     return minigrad.get_num_threads()

@@ -153,6 +153,7 @@ def test_threaded_iterations_match_one_thread(parts, weights, compiled):
 
 def test_thread_count_rule(monkeypatch):
     import minigrad
+    _numba()
     previous = minigrad.get_num_threads()
     minigrad.set_num_threads(2)
     try:
@@ -161,6 +162,9 @@ def test_thread_count_rule(monkeypatch):
         assert crf._thread_parts(np, False, big, None) == 1  # the generic reference
         assert crf._thread_parts(np, None, big - 1, None) == 1
         assert crf._thread_parts(np, False, 10, 3) == 3
+        monkeypatch.setattr(crf, "_compiled", False)  # as without numba: the generic code, one thread
+        assert crf._thread_parts(np, None, big, None) == 1
+        monkeypatch.undo()
         monkeypatch.setenv("MINIGRAD_CPU_KERNELS", "0")
         assert crf._thread_parts(np, None, big, None) == 1
     finally:
