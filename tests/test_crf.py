@@ -154,6 +154,7 @@ def test_threaded_iterations_match_one_thread(parts, weights, compiled):
 def test_thread_count_rule(monkeypatch):
     import minigrad
     _numba()
+    monkeypatch.delenv("MINIGRAD_CPU_KERNELS", raising=False)
     previous = minigrad.get_num_threads()
     minigrad.set_num_threads(2)
     try:
@@ -162,9 +163,10 @@ def test_thread_count_rule(monkeypatch):
         assert crf._thread_parts(np, False, big, None) == 1  # the generic reference
         assert crf._thread_parts(np, None, big - 1, None) == 1
         assert crf._thread_parts(np, False, 10, 3) == 3
+        compiled = crf._compiled
         monkeypatch.setattr(crf, "_compiled", False)  # as without numba: the generic code, one thread
         assert crf._thread_parts(np, None, big, None) == 1
-        monkeypatch.undo()
+        monkeypatch.setattr(crf, "_compiled", compiled)
         monkeypatch.setenv("MINIGRAD_CPU_KERNELS", "0")
         assert crf._thread_parts(np, None, big, None) == 1
     finally:
