@@ -9,6 +9,8 @@ on a shared machine, and on one thread; its minimum too; with threads it adds up
 threads' time); on CPU with the numba-built lattices (where numba imports) on all of
 minigrad's threads (``--threads``, ``minigrad.set_num_threads``; default every core) and
 on one, and with the generic NumPy code (one thread: the reference, and what runs without numba).
+``--interleaved``: the same calls (and pydensecrf's) in rounds, one of each per round, wall
+time only: on a shared machine the rows then see the same load.
 
 Where ``pydensecrf`` (Krähenbühl's C++ code behind Cython; ``pip install pydensecrf2``
 builds it from source, with a C++ compiler) imports, it runs on the same input with
@@ -86,11 +88,33 @@ def pydensecrf_marginals(dcrf, image, probabilities, iterations=10):
     return np.array(d.inference(iterations)).reshape(classes, h, w)
 
 
+def interleaved(variants, dcrf, image, probabilities, repeats):
+    """Wall time of each variant (and pydensecrf where given), ``repeats`` rounds of one call each."""
+    calls = [(name, count, lambda c=compiled: crf.dense_crf(image, probabilities, compiled=c))
+             for compiled, count, name in variants]
+    if dcrf is not None:
+        calls.append(("pydensecrf, 1 thr", 1, lambda: pydensecrf_marginals(dcrf, image, probabilities)))
+    walls = {name: [] for name, _, _ in calls}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, count, call in calls:
+            minigrad.set_num_threads(count)
+            start = time.perf_counter()
+            call()
+            if r:
+                walls[name].append(time.perf_counter() - start)
+    print(f"  interleaved, {repeats} rounds:")
+    for name, times in walls.items():
+        print(f"  {name + ':':18} dense CRF   wall {statistics.median(times):.3f} s (min {min(times):.3f} s)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, help="minigrad.set_num_threads (default: every core)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="cpu: time the variants (and pydensecrf) in rounds, one call of each per round, so that "
+                        "all see the same machine load; wall time only")
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -110,10 +134,18 @@ def main(argv=None):
     if args.device == "cpu":
         variants += [(None, threads, f"numba, {threads} thr")] + ([(None, 1, "numba, 1 thr")] if threads > 1 else [])
     variants.append((False, 1, "NumPy, 1 thr" if args.device == "cpu" else "CuPy"))
+    compiled_missing = crf._numba_kernels(np, None, features["appearance"].shape[0]) is None
+    if compiled_missing and args.device == "cpu":
+        print("  numba: not installed (or MINIGRAD_CPU_KERNELS=0), its rows skipped")
+    variants = [v for v in variants if not (v[0] is None and compiled_missing)]
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as e:
+        dcrf, missing = None, e
+    if args.interleaved and args.device == "cpu":
+        interleaved(variants, dcrf, image, probabilities, args.repeats)
+        variants = []
     for compiled, count, name in variants:
-        if compiled is None and crf._numba_kernels(np, None, features["appearance"].shape[0]) is None:
-            print(f"  {name}: numba not installed (or MINIGRAD_CPU_KERNELS=0), skipped")
-            continue
         minigrad.set_num_threads(count)
         if count == 1:  # (one lattice's build runs on one thread)
             wall, cpu = timed(lambda: crf.PermutohedralLattice(features["appearance"], compiled=compiled),
@@ -122,15 +154,14 @@ def main(argv=None):
         wall, cpu = timed(lambda: crf.dense_crf(image, probabilities, compiled=compiled), args.repeats, sync)
         print(f"  {name + ':':15} dense_crf           {seconds(wall, cpu)}")
     minigrad.set_num_threads(threads)
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError as e:
-        print(f"  pydensecrf: not compared, it does not import ({e}); `pip install pydensecrf2` builds it "
+    if dcrf is None:
+        print(f"  pydensecrf: not compared, it does not import ({missing}); `pip install pydensecrf2` builds it "
               "from source (needs a C++ compiler)")
         return 0
     image, probabilities = make_input()
-    wall, cpu = timed(lambda: pydensecrf_marginals(dcrf, image, probabilities), args.repeats)
-    print(f"  pydensecrf:     dense CRF           {seconds(wall, cpu)}, 1 thread")
+    if not args.interleaved:
+        wall, cpu = timed(lambda: pydensecrf_marginals(dcrf, image, probabilities), args.repeats)
+        print(f"  pydensecrf:     dense CRF           {seconds(wall, cpu)}, 1 thread")
     for name, (image, probabilities) in (("random probabilities", (image, probabilities)),
                                          ("structured probabilities", make_structured_input())):
         theirs = pydensecrf_marginals(dcrf, image, probabilities)
