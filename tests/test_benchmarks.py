@@ -277,7 +277,8 @@ def test_thread_ceiling_speed_up_is_n_times_one_threads_time_over_n_threads():
     from benchmarks.thread_ceiling import main, speed_up
     one, many, up = speed_up(3, 0.05, lambda data, seconds: time.sleep(seconds), None)
     assert one >= 0.05 and many >= 0.05
-    assert 2.4 < up <= 3.0 + 1e-9, (one, many, up)
+    # above 3 only by the sleeps' jitter (one thread's 52.1 ms against three threads' 52.0 ms gave 3.006)
+    assert 2.4 < up < 3.3, (one, many, up)
     assert up == pytest.approx(3 * one / many)
     with pytest.raises(SystemExit) as exit_info:   # argparse's error: exit 2, no traceback
         main(["--threads", "0"])
