@@ -10,6 +10,7 @@ its parents once its gradient has been passed on, so activations are released
 during the backward, not after it) unless ``retain_graph=True``.
 """
 import contextlib
+import sys
 
 import numpy as np
 
@@ -234,7 +235,8 @@ class Tensor:
             g = pending.pop(id(node), None)
             if node._backward is None:
                 if g is not None:
-                    node._accumulate(g)
+                    owned = _unshared(g)   # (before the call below puts a second reference to g on the stack)
+                    node._accumulate(g, owned)
                     for hook in node.__dict__.get("_grad_hooks", ()):
                         hook(node)
                 continue
@@ -249,13 +251,15 @@ class Tensor:
                 key = id(parent)
                 pending[key] = parent_grad if key not in pending else pending[key] + parent_grad
             del parents, backward, g
+            parent = parent_grad = None   # keep no reference to a gradient still pending
 
-    def _accumulate(self, g):
+    def _accumulate(self, g, owned=False):
+        """Add ``g`` into ``.grad``; ``owned``: no other array or tensor refers to ``g``'s memory, so the
+        first gradient is kept as it is (else copied: it may alias another tensor's data or gradient)."""
         if g.dtype != self.dtype:
-            g = g.astype(self.dtype)
+            g, owned = g.astype(self.dtype), True
         if self.grad is None:
-            # copy: g may alias another tensor's data or gradient
-            self.grad = Tensor._wrap(g.copy())
+            self.grad = Tensor._wrap(g if owned else g.copy())
         else:
             self.grad.data += g
 
@@ -276,6 +280,17 @@ class Tensor:
         hooks = self.__dict__.setdefault("_grad_hooks", [])
         hooks.append(hook)
         return _HookHandle(hooks, hook)
+
+
+def _unshared(g):
+    """Whether nothing but the caller's one name refers to the memory of the array ``g`` (a gradient the
+    walk hands to a leaf): then the leaf keeps it without a copy, as PyTorch's AccumulateGrad steals an
+    unshared gradient. ``g`` may be a view spanning all of a base that only it refers to (a product's
+    output reshaped to the weight's shape)."""
+    if sys.getrefcount(g) != 3:   # the caller's name, this function's argument, getrefcount's argument
+        return False
+    base = g.base
+    return base is None or (base.base is None and base.size == g.size and sys.getrefcount(base) == 3)
 
 
 _walks = 0           # backward walks in progress (a hook may start another)

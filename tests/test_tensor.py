@@ -86,6 +86,42 @@ def test_backward_twice_does_not_double_count_intermediates():
         y.backward()
 
 
+def test_a_leaf_keeps_a_gradient_nothing_else_holds_and_copies_one_that_is_shared():
+    """As PyTorch's AccumulateGrad: the first gradient of a leaf is taken without a copy when no other
+    array refers to it, and copied when it is shared (two leaves given the same array by an add, a view
+    of the upstream gradient, the user's gradient argument)."""
+    from minigrad.tensor import _result
+    w = mg.Tensor(np.ones(4, np.float32), requires_grad=True)
+    made = []
+
+    def backward(g):
+        fresh = g * 2
+        made.append(weakref.ref(fresh))
+        return (fresh,)
+    _result(w.data * 2, (w,), backward).sum().backward()
+    assert w.grad.data is made[0]()                       # kept: nothing else held it
+    np.testing.assert_array_equal(w.grad.numpy(), 2.0)
+    w2 = mg.Tensor(np.ones((2, 2), np.float32), requires_grad=True)
+    _result(w2.data * 2, (w2,), lambda g: ((g * 3).reshape(1, 4).reshape(2, 2),)).sum().backward()
+    assert w2.grad.data.base is not None                  # kept: a view of a product only it refers to
+    np.testing.assert_array_equal(w2.grad.numpy(), 3.0)
+
+    a = mg.Tensor(np.ones(3), requires_grad=True)
+    b = mg.Tensor(np.ones(3), requires_grad=True)
+    upstream = mg.Tensor(np.full(3, 5.0))
+    (a + b).backward(upstream)                            # add hands the same array to both leaves
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    assert not np.shares_memory(a.grad.data, upstream.data) and not np.shares_memory(b.grad.data, upstream.data)
+    a.grad.data += 1                                      # one leaf's gradient changed in place ...
+    np.testing.assert_array_equal(b.grad.numpy(), 5.0)    # ... leaves the other's and the upstream's alone
+    np.testing.assert_array_equal(upstream.numpy(), 5.0)
+
+    x = mg.Tensor(np.ones((2, 3)), requires_grad=True)
+    g = mg.Tensor(np.arange(6.0))
+    x.reshape(6).backward(g)                              # a view of the user's gradient reaches the leaf
+    assert not np.shares_memory(x.grad.data, g.data)
+
+
 def test_backward_frees_the_graph_so_activations_are_released():
     x = mg.Tensor(np.ones(1000), requires_grad=True)
     h = x * 3
