@@ -488,18 +488,23 @@ if AVAILABLE:
                       zero if t == 0 else one, np.int64(wide.ctypes.data), np.int64(wide_stride))
 
     @_jit
-    def _to_taps(lo, hi, w, taps):
-        """taps[t, o, c] = w[o, c, t // kw, t % kw] for o in [lo, hi): the (O, C) matrix of each tap. ``w``
-        may be any strided view (the input gradient's flipped, transposed weight). NumPy's transposing
-        copies, measured on the calling thread at 256x256x3x3: 0.5 ms, and 1.2 ms from that view (7x and
-        16x a plain copy); these loops on 2 threads 0.2 and 0.6 ms (at 16x16 both take 4-12 us)."""
+    def _to_taps(lo, hi, w, taps, flip):
+        """taps[t, o, c] = w[o, c, t // kw, t % kw] for o in [lo, hi): the (O, C) matrix of each tap; with
+        ``flip`` the taps of the flipped, transposed weight (the input gradient's): w[c, o, kh-1-i, kw-1-j].
+        ``w`` is C-contiguous (one compiled version). NumPy's transposing copies, measured on the calling
+        thread at 256x256x3x3: 0.5 ms, and 1.2 ms from the flipped view (7x and 16x a plain copy); these
+        loops on 2 threads 0.2 and 0.6 ms (at 16x16 both take 4-12 us)."""
         kh, kw = w.shape[2], w.shape[3]
-        for o in range(lo, hi):   # w[o] is read once while its kh*kw rows of taps are written
+        for o in range(lo, hi):
             for i in range(kh):
                 for j in range(kw):
                     row = taps[i * kw + j, o]
-                    for c in range(w.shape[1]):
-                        row[c] = w[o, c, i, j]
+                    if flip:
+                        for c in range(taps.shape[2]):
+                            row[c] = w[c, o, kh - 1 - i, kw - 1 - j]
+                    else:   # w[o] is read once while its kh*kw rows of taps are written
+                        for c in range(taps.shape[2]):
+                            row[c] = w[o, c, i, j]
 
     @_jit
     def _from_taps(lo, hi, taps, w):
@@ -1102,7 +1107,9 @@ def conv2d_taps(x, w, pad_before, pad_after, dilation, bias=None):
     o, _, kh, kw = w.shape
     rows, pitch, (oh, ow) = _taps_geometry(x.shape, (kh, kw), pad_before, pad_after, dilation)
     taps = np.empty((kh * kw, o, c), dtype=x.dtype)
-    _run(_to_taps, o, w.size, w if w.dtype == x.dtype else w.astype(x.dtype), taps)
+    unflipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)   # the forward's weight, when w is the input gradient's
+    flip = unflipped.flags.c_contiguous and not w.flags.c_contiguous
+    _run(_to_taps, o, w.size, _c(unflipped if flip else w, x.dtype), taps, flip)
     offsets, chunk, plane = _tap_offsets((kh, kw), dilation, pitch), _chunk(n, rows, pitch), (rows + 1) * pitch
     out = np.empty((n, o, oh, ow), dtype=x.dtype)
     gemm = _GEMM[np.dtype(x.dtype)]
